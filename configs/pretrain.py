@@ -1,0 +1,155 @@
+"""InterBERT pretraining configs: the single source of truth for model, data and training.
+
+Run:
+  python -m interbert_jax.main --config=configs/pretrain.py:tiny --workdir=/tmp/interbert_tiny
+  python -m interbert_jax.main --config=configs/pretrain.py:base --workdir=gs://.../run \
+      --config.data.dir=/data/cc_prepared --config.init_from=/ckpt/bert_base_converted
+
+Variants: `tiny` (CPU seconds, synthetic data), `base` (the released 6/6/6 model,
+157,021,565 parameters with heads), `large` (1024 hidden, 24-layer text path).
+Override any key with --config.KEY=VALUE (e.g. --config.model.fusion=sum).
+"""
+import ml_collections
+
+
+def _stack(layers, heads, mlp_dim, hidden_dropout=0.1, attention_dropout=0.1):
+  return ml_collections.ConfigDict(dict(
+      layers=layers, heads=heads, mlp_dim=mlp_dim,
+      hidden_dropout=hidden_dropout, attention_dropout=attention_dropout))
+
+
+def model_config(variant="base"):
+  """The model's architecture (SPEC §1). Released InterBERT is `base`."""
+  m = ml_collections.ConfigDict()
+  m.vocab_size = 30522
+  m.hidden_size = 768
+  m.max_position_embeddings = 512
+  m.type_vocab_size = 2
+  m.feature_dim = 2048                 # Faster R-CNN region feature size.
+  m.location_dim = 5                   # [x1/W, y1/H, x2/W, y2/H, area/(W*H)].
+  m.num_region_classes = 1601          # Visual Genome detector classes (MRM targets).
+  m.pooler_dim = 1024
+  # Interaction module over [image ; text], then the two extraction streams.
+  m.single_stream = _stack(6, 12, 3072)
+  m.text_stream = _stack(6, 12, 3072)
+  m.image_stream = _stack(6, 8, 3072, hidden_dropout=0.2)
+  m.embedding_dropout = 0.1
+  m.itm_dropout = 0.1
+  m.fusion = "mul"                     # "mul" (released) | "sum".
+  m.modality_segments = False          # True: image tokens get segment 0, text 1 (paper figure).
+  m.mrm_target = "kl"                  # "kl" (detector distribution) | "ce" (argmax) | "regress" (features).
+  m.layer_norm_eps = 1e-12
+  m.initializer_range = 0.02
+  m.dtype = "float32"                  # compute dtype: "float32" | "bfloat16" (params stay float32).
+  m.param_dtype = "float32"
+  m.scan_layers = False                # nn.scan over the layers of each stack.
+  m.remat_policy = "none"              # "none" | "full" | "dots" | "dots_no_batch".
+  if variant == "tiny":
+    m.vocab_size = 1024
+    m.hidden_size = 64
+    m.max_position_embeddings = 64
+    m.feature_dim = 64
+    m.num_region_classes = 64
+    m.pooler_dim = 64
+    m.single_stream = _stack(2, 2, 128)
+    m.text_stream = _stack(2, 2, 128)
+    m.image_stream = _stack(2, 2, 128, hidden_dropout=0.2)
+  elif variant == "large":
+    m.hidden_size = 1024
+    m.pooler_dim = 1024
+    m.single_stream = _stack(12, 16, 4096)
+    m.text_stream = _stack(12, 16, 4096)
+    m.image_stream = _stack(12, 16, 4096, hidden_dropout=0.2)
+  elif variant != "base":
+    raise ValueError(f"unknown model variant {variant!r}: tiny | base | large")
+  return m
+
+
+def data_config(variant="base"):
+  """Input pipeline and InterBERT's masking (SPEC §2, §5)."""
+  d = ml_collections.ConfigDict()
+  d.dir = ""                           # prepared dataset (interbert_jax.data.prepare); "" = synthetic.
+  d.train_split = "train"
+  d.eval_split = "validation"
+  d.text_len = 36                      # incl. [CLS] and [SEP].
+  d.max_regions = 36                   # real regions; +1 global image token in the batch.
+  d.adaptive_regions = False           # True: keep 10..100 regions by detector confidence.
+  d.min_regions = 10
+  d.region_conf_threshold = 0.2
+  d.itm_negative_prob = 0.5
+  d.max_msm_targets = 0                # fixed-size MSM position arrays; 0 = text_len (exact).
+  d.msm = ml_collections.ConfigDict(dict(
+      strategy="span",                 # "span" (reference) | "token" (BERT 15%).
+      min_caption_len=4,               # captions shorter than this are not masked.
+      num_spans=1,
+      max_span_frac=0.0,               # >0: a real cap on span length as a fraction of n.
+      token_prob=0.15,
+      mask_prob=0.8, random_prob=0.1))  # of targets: [MASK] / random token / unchanged.
+  d.mrm = ml_collections.ConfigDict(dict(
+      strategy="iou",                  # "iou" (reference) | "independent".
+      anchor_prob=0.1, iou_threshold=0.4,
+      independent_prob=0.15))
+  d.shuffle_buffer = 10_000
+  d.prefetch = 2
+  d.seed = 0
+  d.synthetic = ml_collections.ConfigDict(dict(
+      num_train_images=20_000, num_validation_images=500, num_test_images=500,
+      captions_per_image=2, seed=0,
+      dir=""))                         # "" = ~/.cache/interbert_jax/synthetic
+  if variant == "tiny":
+    d.text_len = 16
+    d.max_regions = 10
+    d.synthetic.num_train_images = 2_000
+    d.synthetic.num_validation_images = 200
+    d.synthetic.num_test_images = 200
+    d.shuffle_buffer = 2_000
+  return d
+
+
+def get_config(arg="tiny"):
+  variant = arg or "tiny"
+  c = ml_collections.ConfigDict()
+  c.variant = variant
+  c.model = model_config(variant)
+  c.data = data_config(variant)
+
+  c.seed = 0
+  c.total_steps = 91_000               # ~15 epochs of Conceptual Captions at batch 512.
+  c.batch_size = 512                   # global, in examples.
+  c.microbatches = 1                   # gradient accumulation.
+  c.log_every_steps = 100
+  c.eval_every_steps = 5_000
+  c.eval_batches = 20
+  c.checkpoint_every_steps = 2_000
+  c.keep_checkpoints = 3
+  c.init_from = ""                     # a converted checkpoint (interbert_jax.convert) to start from.
+
+  c.loss = ml_collections.ConfigDict(dict(
+      msm_weight=1.0, mrm_weight=1.0, itm_weight=1.0,
+      mrm_matched_only=True))          # reference: MRM loss on matched pairs only.
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw",
+      learning_rate=1e-4,              # new weights.
+      bert_lr_multiplier=0.1,          # BERT-initialised weights train at 1e-5.
+      warmup_fraction=0.1,
+      b1=0.9, b2=0.999, eps=1e-6,
+      weight_decay=0.01,
+      grad_clip_norm=1.0,
+      # The reference's BertAdam quirks, off by default.
+      bias_correction=True,
+      per_tensor_clipping=False,
+      reference_decay_mask=False))     # ViLBERT quirk: decay only bias/LayerNorm.
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  if variant == "tiny":
+    c.total_steps = 600
+    c.batch_size = 32
+    c.log_every_steps = 50
+    c.eval_every_steps = 200
+    c.eval_batches = 4
+    c.checkpoint_every_steps = 200
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.bert_lr_multiplier = 1.0
+  return c
