@@ -1,0 +1,432 @@
+"""The prepared-dataset layout shared by `prepare`, `synthetic` and the input pipeline.
+
+A prepared dataset is a directory DIR:
+
+  DIR/metadata.json          schema_version, feature_dim F, num_classes C, class_target
+                             ("distribution" | "object_ids"), vocab_size, lower_case,
+                             source_format, splits: {name: {images, captions, skipped}}.
+  DIR/vocab.txt              the WordPiece vocabulary the captions were tokenised with.
+  DIR/<split>/               a TFDS dataset directory (ArrayRecord shards, TFDS split
+                             "train") holding the split's images IN INPUT ORDER, so record
+                             i is image_index i (random access, see `open_images`).
+  DIR/<split>_captions.npz   image_index int32 [m], offsets int64 [m+1], token_ids int32
+                             [sum]; caption k = token_ids[offsets[k]:offsets[k+1]], WordPiece
+                             ids WITHOUT [CLS]/[SEP].
+
+One image record (numpy, as returned by `open_images`):
+  image_id str; width, height, num_boxes int32 (N); boxes float32 [N,4] pixel x1,y1,x2,y2;
+  features float16 [N,F]; cls_prob float16 [N,C] (only when class_target ==
+  "distribution"); object_ids int32 [N]; object_conf float32 [N].
+
+Images are written with our own streaming ArrayRecord writer plus TFDS metadata rather
+than a TFDS builder: the builder's shuffler buffers up to 1 GB and reorders records, while
+here memory stays at one record and order is the input's.
+"""
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+CLASS_TARGETS = ("distribution", "object_ids")
+METADATA_FILE = "metadata.json"
+VOCAB_FILE = "vocab.txt"
+TFDS_SPLIT = "train"            # Every <split>/ directory holds one TFDS split of this name.
+TFDS_NAME = "interbert_images"
+DEFAULT_SHARD_BYTES = 256 << 20
+COMPRESSIONS = ("zstd", "uncompressed", "snappy")
+# Features stored as float16 (contract); larger magnitudes would become inf.
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+# Dataset-level metadata keys that every split of DIR must agree on.
+DATASET_KEYS = ("feature_dim", "num_classes", "class_target", "vocab_size", "lower_case",
+                "source_format")
+
+
+class DatasetError(ValueError):
+  """A prepared dataset (or the data being written into it) breaks the layout."""
+
+
+# ---------------------------------------------------------------------------- metadata
+
+
+def write_metadata(out_dir, metadata: dict) -> None:
+  """Writes DIR/metadata.json atomically (write to a temp file, then rename)."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, METADATA_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(metadata, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_metadata(data_dir) -> dict:
+  """Reads and checks DIR/metadata.json; raises DatasetError naming the problem."""
+  path = os.path.join(data_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    raise DatasetError(f"{path}: missing (not a prepared dataset: run "
+                       "python -m interbert_jax.data.prepare)")
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DatasetError(f"{path}: not valid JSON ({e})") from None
+  if meta.get("schema_version") != SCHEMA_VERSION:
+    raise DatasetError(f"{path}: schema_version {meta.get('schema_version')!r}, "
+                       f"this code reads {SCHEMA_VERSION}")
+  for key in DATASET_KEYS + ("splits",):
+    if key not in meta:
+      raise DatasetError(f"{path}: key {key!r} is missing")
+  if meta["class_target"] not in CLASS_TARGETS:
+    raise DatasetError(f"{path}: class_target {meta['class_target']!r} is not one of "
+                       f"{CLASS_TARGETS}")
+  return meta
+
+
+def check_compatible(out_dir, split: str, **dataset_fields) -> None:
+  """Raises DatasetError if DIR already holds splits whose dataset-level fields differ.
+
+  Several splits are written by several invocations into the same DIR; they must share
+  feature_dim, num_classes, class_target, vocab_size and lower_case (else a model could
+  not consume them together). source_format may differ (splits from different files).
+  """
+  path = os.path.join(out_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    return
+  meta = read_metadata(out_dir)
+  for key in DATASET_KEYS:
+    if key != "source_format" and key in dataset_fields and meta[key] != dataset_fields[key]:
+      raise DatasetError(
+          f"{path}: split {split!r} has {key}={dataset_fields[key]!r} but the splits "
+          f"already in this directory have {key}={meta[key]!r}; write it to another "
+          "directory")
+
+
+def merge_split_metadata(out_dir, split: str, split_info: dict, **dataset_fields) -> dict:
+  """Adds/replaces one split in DIR/metadata.json (see check_compatible)."""
+  check_compatible(out_dir, split, **dataset_fields)
+  if os.path.exists(os.path.join(out_dir, METADATA_FILE)):
+    meta = read_metadata(out_dir)
+  else:
+    meta = {"schema_version": SCHEMA_VERSION, "splits": {}}
+  meta.update(dataset_fields)
+  meta["splits"][split] = split_info
+  write_metadata(out_dir, meta)
+  return meta
+
+
+def write_vocab(out_dir, vocab_tokens: Sequence[str]) -> None:
+  """Writes DIR/vocab.txt, one token per line (id = line number)."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
+    for token in vocab_tokens:
+      f.write(token + "\n")
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def features_spec(feature_dim: int, num_classes: int, has_distribution: bool):
+  """The tfds FeaturesDict of one image record (arrays stored as raw bytes)."""
+  import tensorflow_datasets as tfds  # Heavy; only the writer/reader need it.
+  raw = tfds.features.Encoding.BYTES  # No proto float lists: compact and fast to decode.
+  spec = {
+      "image_id": tfds.features.Text(),
+      "width": tfds.features.Scalar(np.int32),
+      "height": tfds.features.Scalar(np.int32),
+      "num_boxes": tfds.features.Scalar(np.int32),
+      "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32, encoding=raw),
+      "features": tfds.features.Tensor(shape=(None, feature_dim), dtype=np.float16,
+                                       encoding=raw),
+      "object_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding=raw),
+      "object_conf": tfds.features.Tensor(shape=(None,), dtype=np.float32, encoding=raw),
+  }
+  if has_distribution:
+    spec["cls_prob"] = tfds.features.Tensor(shape=(None, num_classes), dtype=np.float16,
+                                            encoding=raw)
+  return tfds.features.FeaturesDict(spec)
+
+
+def to_example(record: Mapping, feature_dim: int, num_classes: int,
+               has_distribution: bool) -> dict:
+  """Casts an importer record to the stored dtypes; fills object_ids/conf from cls_prob.
+
+  Raises ValueError (message without location: the caller adds file and line) when the
+  record's shapes disagree with the dataset, or features overflow float16.
+  """
+  n = int(record["num_boxes"])
+  boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+  features = np.asarray(record["features"])
+  if features.ndim != 2 or features.shape != (n, feature_dim):
+    raise ValueError(f"features have shape {features.shape}, expected ({n}, {feature_dim})")
+  if boxes.shape[0] != n:
+    raise ValueError(f"{boxes.shape[0]} boxes for num_boxes={n}")
+  features16 = features.astype(np.float16)
+  if not np.all(np.isfinite(features16)):
+    raise ValueError(f"features are NaN/inf or exceed the float16 range (|x| > {FLOAT16_MAX:g})")
+  example = {
+      "image_id": str(record["image_id"]),
+      "width": np.int32(record["width"]), "height": np.int32(record["height"]),
+      "num_boxes": np.int32(n), "boxes": boxes, "features": features16,
+  }
+  if has_distribution:
+    cls_prob = np.asarray(record["cls_prob"], np.float32)
+    if cls_prob.shape != (n, num_classes):
+      raise ValueError(f"cls_prob has shape {cls_prob.shape}, expected ({n}, {num_classes})")
+    example["cls_prob"] = cls_prob.astype(np.float16)
+  if record.get("object_ids") is not None:
+    example["object_ids"] = np.asarray(record["object_ids"], np.int32).reshape(n)
+    example["object_conf"] = np.asarray(record["object_conf"], np.float32).reshape(n)
+  elif has_distribution:
+    example["object_ids"] = cls_prob.argmax(-1).astype(np.int32)
+    example["object_conf"] = cls_prob.max(-1).astype(np.float32)
+  else:
+    raise ValueError("record has neither cls_prob nor object_ids")
+  return example
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class Captions(NamedTuple):
+  """All captions of a split. Caption k: token_ids[offsets[k]:offsets[k+1]]."""
+  image_index: np.ndarray   # int32 [m]
+  offsets: np.ndarray       # int64 [m+1]
+  token_ids: np.ndarray     # int32 [sum of lengths]
+
+  def __len__(self):
+    return len(self.image_index)
+
+  def caption(self, k: int) -> np.ndarray:
+    return self.token_ids[self.offsets[k]:self.offsets[k + 1]]
+
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+
+def _captions_path(data_dir, split):
+  return os.path.join(data_dir, f"{split}_captions.npz")
+
+
+def _shard_name(index, total):
+  return f"{TFDS_NAME}-{TFDS_SPLIT}.array_record-{index:05d}-of-{total:05d}"
+
+
+def write_split(out_dir, split: str, images: Iterable[Mapping],
+                captions: Mapping[str, Sequence[Sequence[int]]], *,
+                feature_dim: int, num_classes: int, class_target: str,
+                vocab_size: int, lower_case: bool, source_format: str,
+                skipped: Optional[Dict[str, int]] = None,
+                extra_split_info: Optional[dict] = None,
+                shard_bytes: int = DEFAULT_SHARD_BYTES,
+                compression: str = "zstd",
+                log_every: int = 1000,
+                on_image: Optional[Callable[[int, Mapping], None]] = None) -> dict:
+  """Streams `images` into DIR/<split>/, writes the captions and merges metadata.json.
+
+  Args:
+    images: iterable of image records (see the module docstring; features may be any
+      float dtype, cls_prob is needed when class_target == "distribution"). Consumed one
+      record at a time; image_index = position in this iterable.
+    captions: image_id -> list of token-id sequences (without [CLS]/[SEP]); looked up
+      as each image is written; images without an entry get no caption.
+    skipped: {reason: count} recorded in metadata (the caller's bad-record counts).
+    extra_split_info: more per-split fields for metadata.json.
+    compression: ArrayRecord chunk compression: "zstd" (smaller, the TFDS default),
+      "uncompressed" (about 2x faster random reads on CPU-bound hosts), "snappy".
+    on_image: called as on_image(image_index, record) after each record is written.
+
+  Returns the split's metadata entry: {"images", "captions", "images_without_captions",
+  "skipped", ...}. The split appears only when complete (written to a temp dir, renamed).
+  """
+  if class_target not in CLASS_TARGETS:
+    raise ValueError(f"class_target {class_target!r} is not one of {CLASS_TARGETS}")
+  if compression not in COMPRESSIONS:
+    raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+  # Fail before streaming anything, not after hours of writing.
+  check_compatible(out_dir, split, feature_dim=int(feature_dim), num_classes=int(num_classes),
+                   class_target=class_target, vocab_size=int(vocab_size),
+                   lower_case=bool(lower_case))
+  has_distribution = class_target == "distribution"
+  spec = features_spec(feature_dim, num_classes, has_distribution)
+  os.makedirs(out_dir, exist_ok=True)
+  final_dir = os.path.join(out_dir, split)
+  tmp_dir = os.path.join(out_dir, f".{split}.tmp")
+  shutil.rmtree(tmp_dir, ignore_errors=True)
+  os.makedirs(tmp_dir)
+
+  try:
+    return _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir,
+                        feature_dim=feature_dim, num_classes=num_classes,
+                        class_target=class_target, vocab_size=vocab_size,
+                        lower_case=lower_case, source_format=source_format,
+                        skipped=skipped, extra_split_info=extra_split_info,
+                        shard_bytes=shard_bytes, compression=compression,
+                        log_every=log_every, on_image=on_image)
+  finally:  # A failed run leaves no half-written split behind.
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
+                 feature_dim, num_classes, class_target, vocab_size, lower_case,
+                 source_format, skipped, extra_split_info, shard_bytes, compression,
+                 log_every, on_image):
+  import tensorflow_datasets as tfds
+  from array_record.python import array_record_module
+
+  has_distribution = class_target == "distribution"
+  shard_lengths, shard_sizes = [], []
+  writer, shard_count, shard_size = None, 0, 0
+  cap_index, cap_lengths, cap_tokens = [], [], []
+  without_captions = 0
+  start = last_log = time.time()
+  n = 0
+  for record in images:
+    example = to_example(record, feature_dim, num_classes, has_distribution)
+    data = spec.serialize_example(example)
+    if writer is None:
+      # group_size:1 makes every record individually addressable (random access).
+      writer = array_record_module.ArrayRecordWriter(
+          os.path.join(tmp_dir, f"shard{len(shard_lengths):05d}"),
+          f"group_size:1,{compression}")
+      shard_count, shard_size = 0, 0
+    writer.write(data)
+    shard_count += 1
+    shard_size += len(data)
+    if shard_size >= shard_bytes:
+      writer.close()
+      writer = None
+      shard_lengths.append(shard_count)
+      shard_sizes.append(shard_size)
+    image_captions = captions.get(example["image_id"], ())
+    if not len(image_captions):
+      without_captions += 1
+    for tokens in image_captions:
+      tokens = np.asarray(tokens, np.int32)
+      cap_index.append(n)
+      cap_lengths.append(len(tokens))
+      cap_tokens.append(tokens)
+    if on_image is not None:
+      on_image(n, record)
+    n += 1
+    if log_every and n % log_every == 0:
+      now = time.time()
+      logging.info("%s: %d images written (%.1f images/s, %.1f s)", split, n,
+                   log_every / max(now - last_log, 1e-9), now - start)
+      last_log = now
+  if writer is not None:
+    writer.close()
+    shard_lengths.append(shard_count)
+    shard_sizes.append(shard_size)
+  if n == 0:
+    raise DatasetError(f"split {split!r}: no images to write")
+
+  total = len(shard_lengths)
+  for i in range(total):
+    os.rename(os.path.join(tmp_dir, f"shard{i:05d}"),
+              os.path.join(tmp_dir, _shard_name(i, total)))
+  split_info = tfds.core.SplitInfo(name=TFDS_SPLIT, shard_lengths=shard_lengths,
+                                   num_bytes=int(sum(shard_sizes)))
+  tfds.folder_dataset.write_metadata(
+      data_dir=tmp_dir, features=spec, split_infos=[split_info], check_data=False,
+      disable_shuffling=True, description="InterBERT region features, one split.")
+
+  offsets = np.zeros(len(cap_lengths) + 1, np.int64)
+  np.cumsum(cap_lengths, out=offsets[1:])
+  token_ids = (np.concatenate(cap_tokens) if cap_tokens else np.zeros(0, np.int32))
+  cap_tmp = os.path.join(out_dir, f".{split}_captions.tmp.npz")
+  np.savez(cap_tmp, image_index=np.asarray(cap_index, np.int32), offsets=offsets,
+           token_ids=token_ids.astype(np.int32))
+
+  shutil.rmtree(final_dir, ignore_errors=True)
+  os.rename(tmp_dir, final_dir)
+  os.replace(cap_tmp, _captions_path(out_dir, split))
+  info = {"images": n, "captions": len(cap_lengths),
+          "images_without_captions": without_captions, "skipped": dict(skipped or {}),
+          "num_shards": total}
+  info.update(extra_split_info or {})
+  merge_split_metadata(out_dir, split, info, feature_dim=int(feature_dim),
+                       num_classes=int(num_classes), class_target=class_target,
+                       vocab_size=int(vocab_size), lower_case=bool(lower_case),
+                       source_format=source_format)
+  logging.info("%s: %d images, %d captions in %.1f s", split, n, len(cap_lengths),
+               time.time() - start)
+  return info
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+class ImageSource(Sequence):
+  """Random-access view of a split's images: `source[i]` is image_index i's record.
+
+  Wraps the TFDS ArrayRecord data source; decodes to numpy with the stored dtypes
+  (image_id as str, scalars as np.int32). `raw` is the underlying TFDS data source
+  (grain-compatible) for pipelines that decode themselves.
+  """
+
+  def __init__(self, raw):
+    self.raw = raw
+
+  def __len__(self):
+    return len(self.raw)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f"image index {index} out of range [0, {len(self)})")
+    return _decode(self.raw[index])
+
+
+def _decode(example):
+  out = dict(example)
+  image_id = out["image_id"]
+  out["image_id"] = image_id.decode("utf-8") if isinstance(image_id, bytes) else image_id
+  for key in ("width", "height", "num_boxes"):
+    out[key] = np.int32(out[key])
+  return out
+
+
+def split_dir(data_dir, split):
+  return os.path.join(data_dir, split)
+
+
+def images_builder(data_dir, split):
+  """The TFDS read-only builder of DIR/<split> (for `as_dataset` tf.data pipelines)."""
+  import tensorflow_datasets as tfds
+  path = split_dir(data_dir, split)
+  if not os.path.exists(os.path.join(path, "dataset_info.json")):
+    raise DatasetError(f"{path}: no TFDS dataset here (split {split!r} not prepared)")
+  return tfds.builder_from_directory(path)
+
+
+def open_images(data_dir, split) -> ImageSource:
+  """Random-access sequence of the split's image records; len = number of images."""
+  return ImageSource(images_builder(data_dir, split).as_data_source(TFDS_SPLIT))
+
+
+def load_captions(data_dir, split) -> Captions:
+  """Loads DIR/<split>_captions.npz into memory, checking its internal consistency."""
+  path = _captions_path(data_dir, split)
+  if not os.path.exists(path):
+    raise DatasetError(f"{path}: missing (captions of split {split!r})")
+  with np.load(path) as z:
+    missing = {"image_index", "offsets", "token_ids"} - set(z.files)
+    if missing:
+      raise DatasetError(f"{path}: arrays {sorted(missing)} are missing")
+    caps = Captions(z["image_index"].astype(np.int32), z["offsets"].astype(np.int64),
+                    z["token_ids"].astype(np.int32))
+  m = len(caps.image_index)
+  if (caps.offsets.shape != (m + 1,) or caps.offsets[0] != 0
+      or caps.offsets[-1] != len(caps.token_ids) or np.any(np.diff(caps.offsets) < 0)):
+    raise DatasetError(f"{path}: offsets do not delimit token_ids "
+                       f"({m} captions, {len(caps.token_ids)} tokens)")
+  return caps

@@ -1,0 +1,190 @@
+r"""Checks a prepared dataset and prints its statistics.
+
+  python -m interbert_jax.data.validate /data/cc_prepared [--sample=1000] [--split=train]
+
+Per split: image/caption counts, region-count histogram and feature checks on up to
+--sample images (evenly spaced), caption-length stats (min/mean/p50/p95/max, over all
+captions), class_target and feature dim. Exits 1 with one line per problem when the
+dataset is broken (missing files, metadata/shard/record count mismatches, captions pointing
+past the image count, token ids outside the vocabulary, NaN/inf or wrongly shaped features,
+boxes outside the image, vocab size mismatch...), 0 when it is sound.
+"""
+import json
+import os
+import sys
+
+from absl import app
+from absl import logging as absl_logging
+from absl import flags
+import numpy as np
+
+from interbert_jax.data import schema
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined only when run as a program, so importing this module (tests, other
+  CLIs) adds no global absl flags."""
+  flags.DEFINE_integer("sample", 1000, "How many images per split to read and check "
+                       "(evenly spaced; 0 = all).")
+  flags.DEFINE_list("split", [], "Splits to check (default: all in metadata.json).")
+  flags.DEFINE_float("box_tolerance", 1.0, "Pixels a box may reach past the image.")
+
+
+REGION_BINS = (0, 1, 10, 20, 36, 37, 50, 100, 101)
+
+
+def _histogram(counts):
+  edges = list(REGION_BINS) + [max(max(counts, default=0) + 1, REGION_BINS[-1] + 1)]
+  hist = {}
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    c = int(sum(lo <= x < hi for x in counts))
+    if c:
+      hist[f"{lo}" if hi == lo + 1 else f"{lo}-{hi - 1}"] = c
+  return hist
+
+
+def _length_stats(lengths):
+  if len(lengths) == 0:
+    return {}
+  return {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 2),
+          "p50": float(np.percentile(lengths, 50)), "p95": float(np.percentile(lengths, 95)),
+          "max": int(lengths.max())}
+
+
+def check_split(data_dir, split, meta, sample, box_tolerance, problems):
+  """Checks one split; appends problem strings; returns its stats dict."""
+  info = meta["splits"][split]
+  where = os.path.join(data_dir, split)
+  stats = {"split": split, "class_target": meta["class_target"],
+           "feature_dim": meta["feature_dim"], "num_classes": meta["num_classes"]}
+  try:
+    images = schema.open_images(data_dir, split)
+  except Exception as e:  # Missing/corrupt TFDS metadata or shards.
+    problems.append(f"{where}: cannot open the images ({e})")
+    return stats
+  n = len(images)
+  stats["images"] = n
+  if n != info.get("images"):
+    problems.append(f"{where}: {n} image records but metadata.json says {info.get('images')}")
+  shards = [f for f in os.listdir(where) if ".array_record-" in f]
+  if "num_shards" in info and len(shards) != info["num_shards"]:
+    problems.append(f"{where}: {len(shards)} shard files but metadata.json says "
+                    f"{info['num_shards']}")
+  try:
+    caps = schema.load_captions(data_dir, split)
+  except schema.DatasetError as e:
+    problems.append(str(e))
+    caps = None
+  if caps is not None:
+    cap_path = os.path.join(data_dir, f"{split}_captions.npz")
+    stats["captions"] = len(caps)
+    if len(caps) != info.get("captions"):
+      problems.append(f"{cap_path}: {len(caps)} captions but metadata.json says "
+                      f"{info.get('captions')}")
+    if len(caps) and (caps.image_index.min() < 0 or caps.image_index.max() >= n):
+      bad = int(np.sum((caps.image_index < 0) | (caps.image_index >= n)))
+      problems.append(f"{cap_path}: {bad} captions point at image indices outside "
+                      f"[0, {n}) (max {int(caps.image_index.max())})")
+    if len(caps.token_ids) and (caps.token_ids.min() < 0
+                                or caps.token_ids.max() >= meta["vocab_size"]):
+      problems.append(f"{cap_path}: token ids span [{caps.token_ids.min()}, "
+                      f"{caps.token_ids.max()}], outside the vocabulary "
+                      f"[0, {meta['vocab_size']})")
+    lengths = caps.lengths()
+    stats["caption_length"] = _length_stats(lengths)
+    if len(lengths) and lengths.min() == 0:
+      problems.append(f"{cap_path}: {int((lengths == 0).sum())} empty captions")
+    stats["images_with_captions"] = int(len(np.unique(caps.image_index)))
+  if n == 0:
+    return stats
+  count = n if sample <= 0 else min(sample, n)
+  indices = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
+  region_counts = []
+  want_dist = meta["class_target"] == "distribution"
+  for i in indices:
+    i = int(i)
+    try:
+      rec = images[i]
+    except Exception as e:
+      problems.append(f"{where}: record {i} cannot be read ({e})")
+      continue
+    label = f"{where}: record {i} (image {rec.get('image_id')!r})"
+    nb = int(rec["num_boxes"])
+    region_counts.append(nb)
+    feats = rec["features"]
+    if feats.shape != (nb, meta["feature_dim"]):
+      problems.append(f"{label}: features shape {feats.shape}, expected "
+                      f"({nb}, {meta['feature_dim']})")
+    elif not np.isfinite(feats).all():
+      problems.append(f"{label}: features contain NaN/inf")
+    if rec["boxes"].shape != (nb, 4):
+      problems.append(f"{label}: boxes shape {rec['boxes'].shape}, expected ({nb}, 4)")
+    else:
+      b, w, h = rec["boxes"], float(rec["width"]), float(rec["height"])
+      tol = box_tolerance if w > 1 or h > 1 else box_tolerance / 100.0
+      if ((b[:, :2] < -tol).any() or (b[:, 2] > w + tol).any()
+          or (b[:, 3] > h + tol).any()):
+        problems.append(f"{label}: boxes outside the {w:g}x{h:g} image")
+    if want_dist != ("cls_prob" in rec):
+      problems.append(f"{label}: cls_prob {'missing' if want_dist else 'present'} but "
+                      f"class_target is {meta['class_target']!r}")
+    elif want_dist and rec["cls_prob"].shape != (nb, meta["num_classes"]):
+      problems.append(f"{label}: cls_prob shape {rec['cls_prob'].shape}, expected "
+                      f"({nb}, {meta['num_classes']})")
+    ids = rec["object_ids"]
+    if ids.shape != (nb,) or (nb and (ids.min() < 0 or ids.max() >= meta["num_classes"])):
+      problems.append(f"{label}: object_ids {ids.shape} outside [0, {meta['num_classes']})")
+  stats["sampled_images"] = len(indices)
+  stats["region_histogram"] = _histogram(region_counts)
+  return stats
+
+
+def validate(data_dir, splits=(), sample=1000, box_tolerance=1.0):
+  """Returns (stats per split, problems). Never raises for a broken dataset."""
+  problems = []
+  try:
+    meta = schema.read_metadata(data_dir)
+  except schema.DatasetError as e:
+    return [], [str(e)]
+  vocab_path = os.path.join(data_dir, schema.VOCAB_FILE)
+  if not os.path.exists(vocab_path):
+    problems.append(f"{vocab_path}: missing")
+  else:
+    with open(vocab_path, encoding="utf-8") as f:
+      vocab_lines = sum(1 for _ in f)
+    if vocab_lines != meta["vocab_size"]:
+      problems.append(f"{vocab_path}: {vocab_lines} tokens but metadata.json says "
+                      f"vocab_size={meta['vocab_size']}")
+  names = list(splits) or sorted(meta["splits"])
+  stats = []
+  for split in names:
+    if split not in meta["splits"]:
+      problems.append(f"{data_dir}: split {split!r} is not in metadata.json "
+                      f"(has {sorted(meta['splits'])})")
+      continue
+    stats.append(check_split(data_dir, split, meta, sample, box_tolerance, problems))
+  return stats, problems
+
+
+def main(argv):
+  absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS's INFO lines drown ours.
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m interbert_jax.data.validate DIR "
+                         "[--sample=N] [--split=a,b]")
+  stats, problems = validate(argv[1], FLAGS.split, FLAGS.sample, FLAGS.box_tolerance)
+  for s in stats:
+    print(json.dumps(s, sort_keys=True))
+  if problems:
+    print(f"BROKEN: {len(problems)} problem(s) in {argv[1]}:", file=sys.stderr)
+    for p in problems:
+      print("  " + p, file=sys.stderr)
+    sys.exit(1)
+  print(f"OK: {argv[1]} ({len(stats)} split(s))")
+
+
+if __name__ == "__main__":
+  define_flags()
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+  app.run(main)

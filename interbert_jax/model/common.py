@@ -1,0 +1,76 @@
+"""Shared pieces of the InterBERT modules: dtypes, initialisers, logical-axis helpers."""
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+# Logical activation layouts (mapped to mesh axes by interbert_jax.parallel's rules table).
+HIDDEN_AXES = ("batch", "length", "embed")
+HEADS_AXES = ("batch", "length", "heads", "kv")
+MLP_AXES = ("batch", "length", "mlp")
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def to_dtype(name):
+  """'float32' | 'bfloat16' -> jnp dtype (the config stores names so it serialises to JSON)."""
+  if name not in _DTYPES:
+    raise ValueError(f"model dtype {name!r} is not one of {sorted(_DTYPES)}")
+  return _DTYPES[name]
+
+
+def kernel_init(stddev, names):
+  """N(0, stddev) (SPEC: BERT's initializer_range), tagged with logical axis names."""
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
+
+
+def zeros_init(names):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def ones_init(names):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def layer_norm(cfg, name):
+  """Post-LN LayerNorm over the hidden axis; flax keeps its statistics in float32."""
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=to_dtype(cfg.dtype),
+      param_dtype=to_dtype(cfg.param_dtype),
+      scale_init=ones_init(("embed",)), bias_init=zeros_init(("embed",)),
+      name=name)
+
+
+def dense(cfg, features, kernel_names, bias_names, name):
+  """nn.Dense with the model's dtypes and BERT init; kernel [in, out]."""
+  return nn.Dense(
+      features, dtype=to_dtype(cfg.dtype), param_dtype=to_dtype(cfg.param_dtype),
+      kernel_init=kernel_init(cfg.initializer_range, kernel_names),
+      bias_init=zeros_init(bias_names), name=name)
+
+
+def gelu(x):
+  """BERT's exact (erf) GELU."""
+  return nn.gelu(x, approximate=False)
+
+
+def attention_bias(mask):
+  """int mask [B, K] (1 = attend) -> additive float32 bias [B, 1, 1, K]: (1 - m) * -10000."""
+  return ((1.0 - mask.astype(jnp.float32)) * -10000.0)[:, None, None, :]
+
+
+def constrain(x, names):
+  """Logical sharding constraint; a no-op without an active logical-axis rules context."""
+  return nn.with_logical_constraint(x, names)
+
+
+def checkpoint_policy(name):
+  """model.remat_policy -> (use remat?, jax checkpoint policy)."""
+  policies = {
+      "none": None,
+      "full": None,  # Save nothing: recompute the whole layer in the backward pass.
+      "dots": jax.checkpoint_policies.checkpoint_dots,
+      "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  }
+  if name not in policies:
+    raise ValueError(f"model.remat_policy={name!r} is not one of {sorted(policies)}")
+  return name != "none", policies[name]

@@ -1,0 +1,41 @@
+"""Pretraining heads: MSM (tied decoder) and MRM (SPEC §1)."""
+import jax.numpy as jnp
+from flax import linen as nn
+
+from interbert_jax.model import common
+
+
+class MsmHead(nn.Module):
+  """Masked segment modeling: transform, then the word embeddings as decoder + own bias [V]."""
+  config: object
+
+  @nn.compact
+  def __call__(self, x, word_table):
+    """x [B, P, H], word_table [V, H] -> logits [B, P, V] (compute dtype)."""
+    cfg = self.config
+    dtype = common.to_dtype(cfg.dtype)
+    # The transform is a sibling of `bias` in this module's tree (msm_head/transform,...).
+    h = common.dense(cfg, cfg.hidden_size, ("embed", "mlp"), ("mlp",), name="transform")(x)
+    h = common.layer_norm(cfg, "transform_norm")(common.gelu(h))
+    bias = self.param("bias", common.zeros_init(("vocab",)), (cfg.vocab_size,),
+                      common.to_dtype(cfg.param_dtype))
+    logits = jnp.einsum("bph,vh->bpv", h.astype(dtype), word_table.astype(dtype))
+    logits = logits + bias.astype(dtype)
+    return common.constrain(logits, ("batch", "length", "vocab"))
+
+
+class MrmHead(nn.Module):
+  """Masked region modeling: transform, then Dense H->C (classes) or H->F (regress)."""
+  config: object
+
+  @nn.compact
+  def __call__(self, x):
+    """x [B, R, H] -> [B, R, C] (or [B, R, F] when model.mrm_target == 'regress')."""
+    cfg = self.config
+    h = common.dense(cfg, cfg.hidden_size, ("embed", "mlp"), ("mlp",), name="transform")(x)
+    h = common.layer_norm(cfg, "transform_norm")(common.gelu(h))
+    if cfg.mrm_target == "regress":
+      out_dim, names = cfg.feature_dim, ("embed", "features")
+    else:
+      out_dim, names = cfg.num_region_classes, ("embed", "classes")
+    return common.dense(cfg, out_dim, names, names[1:], name="decoder")(h)

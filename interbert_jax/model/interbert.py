@@ -1,0 +1,155 @@
+"""The InterBERT model: embeddings -> single stream over [image ; text] -> split ->
+text and image streams -> poolers, ITM, MSM and MRM heads (SPEC §1, docs/design.md)."""
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from interbert_jax.model import common
+from interbert_jax.model.embeddings import RegionEmbeddings, TextEmbeddings
+from interbert_jax.model.heads import MrmHead, MsmHead
+from interbert_jax.model.transformer import Stack
+
+STACKS = ("single_stream", "text_stream", "image_stream")
+
+
+class InterBert(nn.Module):
+  """InterBERT with its pretraining heads. `config` is a FrozenConfigDict of config.model."""
+  config: object
+
+  def setup(self):
+    cfg = self.config
+    self.embeddings = TextEmbeddings(cfg)
+    self.region_embeddings = RegionEmbeddings(cfg)
+    # A stack with 0 layers is never built, so it has no subtree.
+    self.single_stream = Stack(cfg, cfg.single_stream) if cfg.single_stream.layers else None
+    self.text_stream = Stack(cfg, cfg.text_stream) if cfg.text_stream.layers else None
+    self.image_stream = Stack(cfg, cfg.image_stream) if cfg.image_stream.layers else None
+    self.text_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None)
+    self.image_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None)
+    self.itm_dropout = nn.Dropout(cfg.itm_dropout)
+    self.itm_head = common.dense(cfg, 2, ("mlp", None), (None,), None)
+    self.msm_head = MsmHead(cfg)
+    self.mrm_head = MrmHead(cfg)
+
+  def __call__(self, text_ids, text_mask, region_features, region_locations, region_mask,
+               segment_ids=None, deterministic=True, msm_positions=None):
+    """Runs the model.
+
+    Args:
+      text_ids, text_mask: int [B, T]; [CLS] at position 0.
+      region_features: [B, R, F] any float dtype; index 0 is the global image token.
+      region_locations: float [B, R, 5].
+      region_mask: int [B, R], 1 = real region (and the global token).
+      segment_ids: int [B, T] or None. None means 0 for every text token, or 1 when
+        `model.modality_segments` (then image tokens get segment 0, as in the paper figure).
+      deterministic: False enables dropout (needs rngs={"dropout": key}).
+      msm_positions: int [B, P] or None; when given the MSM head runs only at these text
+        positions and `msm_logits` is [B, P, V].
+
+    Returns:
+      float32 dict: text_hidden [B,T,H], image_hidden [B,R,H], text_pooled [B,D],
+      image_pooled [B,D], itm_logits [B,2] (class 0 = matched), msm_logits [B,T|P,V],
+      mrm_logits [B,R,C] ([B,R,F] when model.mrm_target == "regress").
+    """
+    cfg = self.config
+    num_regions = region_features.shape[1]
+    if segment_ids is None:
+      segment_ids = jnp.full(text_ids.shape, 1 if cfg.modality_segments else 0, jnp.int32)
+    text = self.embeddings(text_ids, segment_ids, deterministic)
+    image_segment = None
+    if cfg.modality_segments:
+      image_segment = self.embeddings.segment(jnp.zeros(region_mask.shape, jnp.int32))
+    image = self.region_embeddings(region_features, region_locations, deterministic,
+                                   segment=image_segment)
+
+    if self.single_stream is not None:
+      joint = jnp.concatenate([image, text], axis=1)
+      joint_mask = jnp.concatenate([region_mask, text_mask], axis=1)
+      joint = self.single_stream(joint, joint_mask, deterministic)
+      image, text = joint[:, :num_regions], joint[:, num_regions:]
+    if self.text_stream is not None:
+      text = self.text_stream(text, text_mask, deterministic)
+    if self.image_stream is not None:
+      image = self.image_stream(image, region_mask, deterministic)
+
+    text_pooled = nn.relu(self.text_pooler(text[:, 0]))
+    image_pooled = nn.relu(self.image_pooler(image[:, 0]))
+    if cfg.fusion == "mul":
+      fused = text_pooled * image_pooled
+    else:
+      fused = text_pooled + image_pooled
+    itm_logits = self.itm_head(self.itm_dropout(fused, deterministic=deterministic))
+
+    msm_hidden = text
+    if msm_positions is not None:
+      msm_hidden = jnp.take_along_axis(text, msm_positions[..., None].astype(jnp.int32),
+                                       axis=1)
+    msm_logits = self.msm_head(msm_hidden, self.embeddings.word_table())
+    mrm_logits = self.mrm_head(image)
+
+    out = dict(text_hidden=text, image_hidden=image, text_pooled=text_pooled,
+               image_pooled=image_pooled, itm_logits=itm_logits, msm_logits=msm_logits,
+               mrm_logits=mrm_logits)
+    return {k: v.astype(jnp.float32) for k, v in out.items()}
+
+
+_CHOICES = {
+    "fusion": ("mul", "sum"),
+    "mrm_target": ("kl", "ce", "regress"),
+    "dtype": ("float32", "bfloat16"),
+    "param_dtype": ("float32", "bfloat16"),
+    "remat_policy": ("none", "full", "dots", "dots_no_batch"),
+}
+_REQUIRED = ("vocab_size", "hidden_size", "max_position_embeddings", "type_vocab_size",
+             "feature_dim", "location_dim", "num_region_classes", "pooler_dim",
+             "single_stream", "text_stream", "image_stream", "embedding_dropout",
+             "itm_dropout", "fusion", "modality_segments", "mrm_target", "layer_norm_eps",
+             "initializer_range", "dtype", "param_dtype", "scan_layers", "remat_policy")
+_STACK_KEYS = ("layers", "heads", "mlp_dim", "hidden_dropout", "attention_dropout")
+
+
+def validate_model_config(cfg):
+  """Raises ValueError naming the offending `model.*` key."""
+  for key in _REQUIRED:
+    if key not in cfg:
+      raise ValueError(f"model config is missing key model.{key}")
+  for key, choices in _CHOICES.items():
+    if cfg[key] not in choices:
+      raise ValueError(f"model.{key}={cfg[key]!r} is not one of {choices}")
+  for name in STACKS:
+    for key in _STACK_KEYS:
+      if key not in cfg[name]:
+        raise ValueError(f"model config is missing key model.{name}.{key}")
+    st = cfg[name]
+    if st.layers < 0:
+      raise ValueError(f"model.{name}.layers={st.layers} must be >= 0")
+    if st.layers and (st.heads <= 0 or cfg.hidden_size % st.heads):
+      raise ValueError(f"model.{name}.heads={st.heads} must divide "
+                       f"model.hidden_size={cfg.hidden_size}")
+  if cfg.type_vocab_size < 2 and cfg.modality_segments:
+    raise ValueError("model.modality_segments needs model.type_vocab_size >= 2")
+  if cfg.location_dim != 5:
+    raise ValueError(f"model.location_dim={cfg.location_dim}: region locations are 5-d")
+
+
+def build_model(model_config):
+  """config.model (ConfigDict, dict or FrozenConfigDict) -> InterBert linen Module."""
+  if isinstance(model_config, dict):
+    model_config = ml_collections.ConfigDict(model_config)
+  validate_model_config(model_config)
+  if not isinstance(model_config, ml_collections.FrozenConfigDict):
+    # Linen module fields must be hashable.
+    model_config = ml_collections.FrozenConfigDict(model_config)
+  return InterBert(model_config)
+
+
+def dummy_inputs(model_config, batch_size=1, text_len=2, num_regions=2):
+  """Inputs of the right dtypes for `init`/`eval_shape` (param shapes do not depend on
+  T or R). Returns a dict of model.apply keyword arguments."""
+  return dict(
+      text_ids=jnp.zeros((batch_size, text_len), jnp.int32),
+      text_mask=jnp.ones((batch_size, text_len), jnp.int32),
+      region_features=jnp.zeros((batch_size, num_regions, model_config.feature_dim),
+                                jnp.float32),
+      region_locations=jnp.zeros((batch_size, num_regions, 5), jnp.float32),
+      region_mask=jnp.ones((batch_size, num_regions), jnp.int32))

@@ -1,0 +1,47 @@
+"""Pure transforms of InterBERT parameter trees (plain arrays, not boxed metadata)."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from interbert_jax.model.interbert import STACKS
+
+_LAYER = re.compile(r"^layer_(\d+)$")
+
+
+def _is_unscanned(subtree):
+  return bool(subtree) and all(_LAYER.match(k) for k in subtree)
+
+
+def scan_params(params):
+  """Unscanned tree (`<stack>/layer_{i}/...`) -> scanned (`<stack>/layers/...` with a
+  leading [layers] axis). Stacks already scanned are returned as they are."""
+  out = dict(params)
+  for name in STACKS:
+    sub = params.get(name)
+    if sub is None or not _is_unscanned(sub):
+      continue
+    n = len(sub)
+    layers = [sub[f"layer_{i}"] for i in range(n)]
+    out[name] = {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+  return out
+
+
+def unscan_params(params):
+  """Scanned tree (`<stack>/layers/...`, leading [layers] axis) -> `<stack>/layer_{i}/...`.
+  Stacks already unscanned are returned as they are."""
+  out = dict(params)
+  for name in STACKS:
+    sub = params.get(name)
+    if sub is None or set(sub) != {"layers"}:
+      continue
+    n = jax.tree.leaves(sub["layers"])[0].shape[0]
+    out[name] = {f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], sub["layers"])
+                 for i in range(n)}
+  return out
+
+
+def count_params(params):
+  """Total number of scalars in a (possibly abstract or boxed) parameter tree."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

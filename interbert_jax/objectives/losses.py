@@ -1,0 +1,144 @@
+"""InterBERT pretraining losses and metrics (SPEC §2), as pure functions.
+
+Every task returns a `(numerator, denominator)` pair of float32 sums over the batch, so a
+gradient-accumulation loop can add the pairs of its microbatches and divide once: the result
+equals the loss of the whole batch exactly. `combine` does the division and the weighting.
+"""
+import jax
+import jax.numpy as jnp
+
+TASKS = ("msm", "mrm", "itm")
+METRIC_KEYS = ("loss", "msm_loss", "mrm_loss", "itm_loss", "msm_acc", "mrm_acc", "itm_acc")
+
+
+def _f32(x):
+  return jnp.asarray(x, jnp.float32)
+
+
+def _cross_entropy(logits, labels):
+  """logits [..., C], int labels [...] -> float32 CE [...]."""
+  logp = jax.nn.log_softmax(_f32(logits), axis=-1)
+  return -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def _correct(logits, labels):
+  return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def msm_terms(msm_logits, msm_targets, msm_weights):
+  """Masked segment modeling.
+
+  Args:
+    msm_logits: [B, P, V], the model run with `msm_positions=batch["msm_positions"]`.
+    msm_targets: int [B, P] original token ids; msm_weights: [B, P], 1 = real target.
+  Returns:
+    {"msm": (sum of weighted CE, sum of weights), "msm_acc": (weighted correct, weights)}.
+    Normalised by `combine` to the mean CE over all target tokens of the batch, matched
+    and mismatched pairs alike (SPEC §2).
+  """
+  w = _f32(msm_weights)
+  ce = _cross_entropy(msm_logits, msm_targets)
+  den = w.sum()
+  return {"msm": ((ce * w).sum(), den),
+          "msm_acc": ((_correct(msm_logits, msm_targets) * w).sum(), den)}
+
+
+def mrm_region_weights(mrm_weights, itm_labels, matched_only):
+  """[B, R] weights of the MRM loss: masked regions, never the global token (index 0),
+  and only matched pairs (itm_labels == 0) when `matched_only`."""
+  w = _f32(mrm_weights).at[:, 0].set(0.0)
+  if matched_only:
+    w = w * (itm_labels == 0).astype(jnp.float32)[:, None]
+  return w
+
+
+def mrm_terms(mrm_logits, batch, weights, target):
+  """Masked region modeling.
+
+  Args:
+    mrm_logits: [B, R, C] (or [B, R, F] for "regress").
+    batch: needs mrm_target_probs [B,R,C] ("kl"), mrm_target_classes [B,R] ("kl", "ce"
+      accuracy and loss), mrm_target_features [B,R,F] ("regress").
+    weights: [B, R] from `mrm_region_weights`.
+    target: "kl": KL(target || softmax(pred)) summed over classes; "ce": CE on the argmax
+      class; "regress": squared error averaged over the F features.
+  Returns:
+    {"mrm": (weighted per-region loss sum, weight sum), "mrm_acc": (...)}: `combine` makes
+    these means over the counted masked regions. Accuracy is argmax(pred) == argmax(target)
+    (0/0 -> 0 for "regress", which has no classes).
+  """
+  den = weights.sum()
+  if target == "regress":
+    pred = _f32(mrm_logits)
+    per_region = jnp.mean(jnp.square(pred - _f32(batch["mrm_target_features"])), axis=-1)
+    return {"mrm": ((per_region * weights).sum(), den),
+            "mrm_acc": (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))}
+  classes = batch["mrm_target_classes"]
+  if target == "kl":
+    p = _f32(batch["mrm_target_probs"])
+    logq = jax.nn.log_softmax(_f32(mrm_logits), axis=-1)
+    # xlogy gives 0 * log 0 = 0 for classes the detector gave no mass.
+    per_region = jnp.sum(jax.scipy.special.xlogy(p, p) - p * logq, axis=-1)
+  elif target == "ce":
+    per_region = _cross_entropy(mrm_logits, classes)
+  else:
+    raise ValueError(f"model.mrm_target={target!r} is not one of ('kl', 'ce', 'regress')")
+  return {"mrm": ((per_region * weights).sum(), den),
+          "mrm_acc": ((_correct(mrm_logits, classes) * weights).sum(), den)}
+
+
+def itm_terms(itm_logits, itm_labels):
+  """Image-text matching: CE over 2 classes (0 = matched), mean over the batch."""
+  n = jnp.asarray(itm_labels.shape[0], jnp.float32)
+  return {"itm": (_cross_entropy(itm_logits, itm_labels).sum(), n),
+          "itm_acc": (_correct(itm_logits, itm_labels).sum(), n)}
+
+
+def pretraining_terms(outputs, batch, config):
+  """All pretraining terms of one (micro)batch.
+
+  Args:
+    outputs: the model's output dict, computed with `msm_positions=batch["msm_positions"]`
+      so `msm_logits` is [B, P, V] aligned with `msm_targets`.
+    batch: the batch dict of docs/design.md.
+    config: the full config (uses config.loss.mrm_matched_only, config.model.mrm_target).
+  Returns:
+    dict with keys msm, mrm, itm, msm_acc, mrm_acc, itm_acc -> (numerator, denominator)
+    float32 scalars; add them across microbatches, then call `combine`.
+  """
+  if outputs["msm_logits"].shape[:2] != batch["msm_targets"].shape:
+    raise ValueError(
+        f"msm_logits {outputs['msm_logits'].shape} do not match msm_targets "
+        f"{batch['msm_targets'].shape}: run the model with msm_positions=batch['msm_positions']")
+  weights = mrm_region_weights(batch["mrm_weights"], batch["itm_labels"],
+                               config.loss.mrm_matched_only)
+  terms = {}
+  terms.update(msm_terms(outputs["msm_logits"], batch["msm_targets"], batch["msm_weights"]))
+  terms.update(mrm_terms(outputs["mrm_logits"], batch, weights, config.model.mrm_target))
+  terms.update(itm_terms(outputs["itm_logits"], batch["itm_labels"]))
+  return terms
+
+
+def add_terms(a, b):
+  """Sum of two term dicts (microbatch accumulation)."""
+  return jax.tree.map(jnp.add, a, b)
+
+
+def _safe_div(num, den):
+  # A batch without targets for a task (e.g. no masked region) contributes 0, not NaN.
+  return num / jnp.where(den > 0, den, 1.0)
+
+
+def combine(terms, loss_config):
+  """terms -> (total loss, metrics dict with METRIC_KEYS), all float32 scalars.
+
+  total = msm_weight * msm_loss + mrm_weight * mrm_loss + itm_weight * itm_loss, each
+  loss the numerator / denominator of its term (0 when the denominator is 0).
+  """
+  metrics = {f"{t}_loss": _safe_div(*terms[t]) for t in TASKS}
+  metrics.update({f"{t}_acc": _safe_div(*terms[f"{t}_acc"]) for t in TASKS})
+  total = (loss_config.msm_weight * metrics["msm_loss"]
+           + loss_config.mrm_weight * metrics["mrm_loss"]
+           + loss_config.itm_weight * metrics["itm_loss"])
+  metrics["loss"] = total
+  return total, metrics
