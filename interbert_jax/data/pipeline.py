@@ -1,0 +1,352 @@
+"""Deterministic pretraining input pipeline with InterBERT's masking and exact resume.
+
+Examples are captions (each with its image). Everything random about global example
+position g (0, 1, 2, ... over the whole run) derives from (data.seed, epoch, g):
+  epoch = g // num_captions; caption = permutation_epoch[g % num_captions], the permutation
+  drawn from (data.seed, epoch); the ITM negative, the MSM and MRM masks from a generator
+  keyed by (data.seed, split, epoch, g).
+Global batch k holds positions [k B, (k+1) B); host h of H reads the contiguous slice
+[k B + h B/H, k B + (h+1) B/H). Hence:
+  - two iterators built from the same config yield identical batches (bit for bit);
+  - `train_iterator(config, start_step=k)` yields exactly the batches a straight run yields
+    from step k on: the pipeline position a trainer checkpoints is just the step;
+  - concatenating the H hosts' batches of step k (in host order) gives the 1-host batch k.
+Loader threads or worker processes (loader_pool.py) build whole batches; as every batch is a
+pure function of its index, the result does not depend on scheduling.
+Batches are dicts of numpy arrays with the keys/dtypes/shapes of docs/design.md.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import types
+from typing import Iterator, Optional
+
+import numpy as np
+
+from interbert_jax.data import loader_pool
+from interbert_jax.data import masking
+from interbert_jax.data import record_decode
+from interbert_jax.data import schema
+from interbert_jax.data import tokenizer as tokenizer_lib
+
+_TRAIN_STREAM, _EVAL_STREAM = 1, 2
+
+
+class PipelineConfigError(ValueError):
+  """The config and the dataset do not fit together (the message names the key)."""
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def data_dir(config) -> str:
+  """The prepared dataset directory: config.data.dir or the (generated) synthetic data."""
+  if config.data.dir:
+    return config.data.dir
+  from interbert_jax.data import synthetic
+  return synthetic.ensure_synthetic(config)
+
+
+def dataset_info(config) -> dict:
+  """Facts of the dataset the config points at (generating synthetic data if needed)."""
+  d = data_dir(config)
+  meta = schema.read_metadata(d)
+  split = config.data.train_split
+  if split not in meta["splits"]:
+    raise PipelineConfigError(f"config.data.train_split={split!r}: {d} has splits "
+                              f"{sorted(meta['splits'])}")
+  return dict(vocab_size=int(meta["vocab_size"]), feature_dim=int(meta["feature_dim"]),
+              num_classes=int(meta["num_classes"]),
+              num_captions=int(meta["splits"][split]["captions"]),
+              vocab_path=os.path.join(d, schema.VOCAB_FILE), data_dir=d,
+              class_target=meta["class_target"])
+
+
+def validate(config, meta: dict, process_count: int = 1) -> None:
+  """Checks that config and dataset fit; raises PipelineConfigError naming the key."""
+  m, d = config.model, config.data
+  errors = []
+  if meta["vocab_size"] > m.vocab_size:
+    errors.append(f"dataset vocab_size {meta['vocab_size']} > config.model.vocab_size "
+                  f"{m.vocab_size}")
+  if meta["feature_dim"] != m.feature_dim:
+    errors.append(f"dataset feature_dim {meta['feature_dim']} != config.model.feature_dim "
+                  f"{m.feature_dim}")
+  if meta["num_classes"] != m.num_region_classes:
+    errors.append(f"dataset num_classes {meta['num_classes']} != "
+                  f"config.model.num_region_classes {m.num_region_classes}")
+  if config.batch_size % process_count:
+    errors.append(f"config.batch_size={config.batch_size} is not divisible by the "
+                  f"process count {process_count}")
+  if d.text_len > m.max_position_embeddings:
+    errors.append(f"config.data.text_len={d.text_len} > "
+                  f"config.model.max_position_embeddings={m.max_position_embeddings}")
+  if d.text_len < 3:
+    errors.append(f"config.data.text_len={d.text_len}: need room for [CLS] w [SEP]")
+  if not 0 <= d.max_msm_targets <= d.text_len:
+    errors.append(f"config.data.max_msm_targets={d.max_msm_targets}: must be in "
+                  f"[0, text_len={d.text_len}]")
+  if d.max_regions < 1:
+    errors.append(f"config.data.max_regions={d.max_regions}: must be >= 1")
+  if not 0.0 <= d.itm_negative_prob <= 1.0:
+    errors.append(f"config.data.itm_negative_prob={d.itm_negative_prob}: not in [0, 1]")
+  if d.msm.strategy not in ("span", "token"):
+    errors.append(f"config.data.msm.strategy={d.msm.strategy!r}: 'span' | 'token'")
+  if d.mrm.strategy not in ("iou", "independent"):
+    errors.append(f"config.data.mrm.strategy={d.mrm.strategy!r}: 'iou' | 'independent'")
+  if errors:
+    raise PipelineConfigError("config does not fit the dataset:\n  " + "\n  ".join(errors))
+
+
+class _Split:
+  """One split's images (random access) and captions (in memory) plus masking constants."""
+
+  def __init__(self, config, split: str):
+    self.dir = data_dir(config)
+    meta = schema.read_metadata(self.dir)
+    if split not in meta["splits"]:
+      raise PipelineConfigError(f"split {split!r} (config.data.train_split / eval_split) is "
+                                f"not in {self.dir}: it has {sorted(meta['splits'])}")
+    self.meta = meta
+    self.images = schema.open_images(self.dir, split)
+    self._records = self.images.raw.data_source   # Serialized records, random access.
+    self._fast = len(self.images) > 0
+    if self._fast:
+      try:
+        record_decode.check(self.images[0], record_decode.decode(self._records[0]))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("%s: fast record decoding unavailable (%s); using TFDS's", self.dir, e)
+        self._fast = False
+    self.captions = schema.load_captions(self.dir, split)
+    self.num_captions = len(self.captions)
+    if self.num_captions == 0:
+      raise PipelineConfigError(f"split {split!r} of {self.dir} has no captions")
+    if len(np.unique(self.captions.image_index)) < 2 and config.data.itm_negative_prob > 0:
+      raise PipelineConfigError(f"split {split!r} of {self.dir}: ITM negatives need "
+                                "captions of at least 2 images (config.data.itm_negative_prob)")
+    vocab = tokenizer_lib.load_vocab(os.path.join(self.dir, schema.VOCAB_FILE))
+    for tok in ("[CLS]", "[SEP]", "[MASK]"):
+      if tok not in vocab:
+        raise PipelineConfigError(f"{self.dir}/vocab.txt has no {tok} token")
+    self.cls_id, self.sep_id, self.mask_id = vocab["[CLS]"], vocab["[SEP]"], vocab["[MASK]"]
+    self.vocab_size = int(meta["vocab_size"])
+    self.has_distribution = meta["class_target"] == "distribution"
+    self.config = config
+    d = config.data
+    # Plain copies of the config sections read per example (ConfigDict access is slow).
+    self.msm_cfg = types.SimpleNamespace(**d.msm.to_dict())
+    self.mrm_cfg = types.SimpleNamespace(**d.mrm.to_dict())
+    self.itm_negative_prob = float(d.itm_negative_prob)
+    self.max_regions = int(d.max_regions)
+    self.adaptive = bool(d.adaptive_regions)
+    self.min_regions = int(d.min_regions)
+    self.conf_threshold = float(d.region_conf_threshold)
+    self.global_from_masked = bool(d.get("global_from_masked", True))
+    self.T = d.text_len
+    self.R = d.max_regions + 1
+    self.P = d.max_msm_targets or d.text_len
+    self.F = int(meta["feature_dim"])
+    self.C = int(meta["num_classes"])
+    self.regress = config.model.mrm_target == "regress"
+
+  # ------------------------------------------------------------------- per example
+
+  def _caption(self, k: int) -> np.ndarray:
+    c = self.captions
+    start = int(c.offsets[k])
+    end = min(int(c.offsets[k + 1]), start + self.T - 2)   # Truncate before masking.
+    return c.token_ids[start:end]
+
+  def _negative(self, rng, image_index: int) -> int:
+    """A caption index uniform over the captions of other images (rejection sampling)."""
+    for _ in range(1000):
+      k = int(rng.integers(self.num_captions))
+      if self.captions.image_index[k] != image_index:
+        return k
+    # Almost every caption belongs to this image: draw from the others explicitly.
+    others = np.flatnonzero(self.captions.image_index != image_index)
+    return int(others[rng.integers(len(others))])
+
+  def record(self, image_index: int) -> dict:
+    if self._fast:
+      return record_decode.decode(self._records[image_index])
+    return self.images[image_index]
+
+  def fill(self, out: dict, row: int, caption_index: int, rng) -> None:
+    """Writes example (caption_index, rng) into row `row` of the batch arrays `out`."""
+    image_index = int(self.captions.image_index[caption_index])
+    label = 0
+    if rng.random() < self.itm_negative_prob:
+      caption_index, label = self._negative(rng, image_index), 1
+    out["itm_labels"][row] = label
+
+    # Text: [CLS] w_1..w_n [SEP] pad, MSM on the n caption tokens.
+    tokens = self._caption(caption_index)
+    n = tokens.shape[0]
+    targets = masking.msm_target_mask(rng, n, self.msm_cfg)
+    pos = np.flatnonzero(targets)[:self.P]
+    if len(pos) < targets.sum():      # Over the fixed target budget: unmask the rest.
+      targets = np.zeros_like(targets)
+      targets[pos] = True
+    corrupted = masking.corrupt_targets(rng, tokens, targets, mask_id=self.mask_id,
+                                        vocab_size=self.vocab_size,
+                                        mask_prob=self.msm_cfg.mask_prob,
+                                        random_prob=self.msm_cfg.random_prob)
+    ids = out["text_ids"][row]
+    ids[0] = self.cls_id
+    ids[1:n + 1] = corrupted
+    ids[n + 1] = self.sep_id
+    out["text_mask"][row, :n + 2] = 1
+    k = len(pos)
+    out["msm_positions"][row, :k] = pos + 1
+    out["msm_targets"][row, :k] = tokens[pos]
+    out["msm_weights"][row, :k] = 1.0
+
+    # Regions: [global, r_1..r_K, pad], MRM on the K real regions.
+    rec = self.record(image_index)
+    keep = masking.select_regions(rec["object_conf"], max_regions=self.max_regions,
+                                  adaptive=self.adaptive, min_regions=self.min_regions,
+                                  threshold=self.conf_threshold)
+    nk = len(keep)
+    identity = nk == rec["features"].shape[0] and (nk == 0 or keep[-1] == nk - 1)
+    feats = rec["features"] if identity else rec["features"][keep]
+    boxes = rec["boxes"] if identity else rec["boxes"][keep]
+    mrm_targets, zeroed = masking.mrm_masks(rng, boxes, self.mrm_cfg)
+    f = out["region_features"][row]
+    f[1:nk + 1] = feats
+    f[1:nk + 1][zeroed] = 0
+    if nk:
+      f[0] = masking.global_feature(f[1:nk + 1] if self.global_from_masked else feats)
+    loc = out["region_locations"][row]
+    loc[0] = masking.GLOBAL_LOCATION
+    loc[1:nk + 1] = masking.region_locations(boxes, rec["width"], rec["height"])
+    out["region_mask"][row, :nk + 1] = 1
+    out["mrm_weights"][row, 1:nk + 1] = mrm_targets
+    classes = rec["object_ids"] if identity else rec["object_ids"][keep]
+    out["mrm_target_classes"][row, 1:nk + 1] = classes
+    if self.has_distribution:
+      out["mrm_target_probs"][row, 1:nk + 1] = (rec["cls_prob"] if identity
+                                               else rec["cls_prob"][keep])
+    else:
+      out["mrm_target_probs"][row, np.arange(1, nk + 1), classes] = 1.0
+    if self.regress:
+      out["mrm_target_features"][row, 1:nk + 1] = feats
+
+  def batch_spec(self, b: int) -> dict:
+    """key -> (shape, dtype) of a host batch of b examples (the batch contract)."""
+    T, R, P, F, C = self.T, self.R, self.P, self.F, self.C
+    spec = dict(
+        text_ids=((b, T), np.int32), text_mask=((b, T), np.int32),
+        segment_ids=((b, T), np.int32), region_features=((b, R, F), np.float16),
+        region_locations=((b, R, 5), np.float32), region_mask=((b, R), np.int32),
+        msm_positions=((b, P), np.int32), msm_targets=((b, P), np.int32),
+        msm_weights=((b, P), np.float32), mrm_weights=((b, R), np.float32),
+        mrm_target_probs=((b, R, C), np.float16), mrm_target_classes=((b, R), np.int32),
+        itm_labels=((b,), np.int32))
+    if self.regress:
+      spec["mrm_target_features"] = ((b, R, F), np.float16)
+    return spec
+
+  def empty_batch(self, b: int) -> dict:
+    return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.batch_spec(b).items()}
+
+
+# ----------------------------------------------------------------------------- order
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The caption order of one training epoch, int64 [n], a function of (seed, epoch)."""
+  return np.random.default_rng([seed, 0, epoch]).permutation(n)
+
+
+def example_rng(seed: int, stream: int, epoch: int, position: int) -> np.random.Generator:
+  """The generator of one example's ITM/MSM/MRM draws."""
+  return np.random.default_rng([seed, stream, epoch, position])
+
+
+def _train_batch(split: _Split, step: int, host_batch: int, process_index: int,
+                 out: Optional[dict] = None) -> dict:
+  d = split.config.data
+  m = split.num_captions
+  out = split.empty_batch(host_batch) if out is None else out
+  first = step * split.config.batch_size + process_index * host_batch
+  for row in range(host_batch):
+    g = first + row
+    epoch, j = divmod(g, m)
+    caption = int(epoch_permutation(int(d.seed), epoch, m)[j])
+    split.fill(out, row, caption, example_rng(int(d.seed), _TRAIN_STREAM, epoch, g))
+  return out
+
+
+def _eval_batch(split: _Split, index: int, host_batch: int, global_batch: int,
+                process_index: int, out: Optional[dict] = None) -> dict:
+  d = split.config.data
+  out = split.empty_batch(host_batch) if out is None else out
+  first = index * global_batch + process_index * host_batch
+  for row in range(host_batch):
+    g = first + row
+    caption = g % split.num_captions          # In order; wraps for splits < one batch.
+    split.fill(out, row, caption, example_rng(int(d.seed), _EVAL_STREAM, 0, g))
+  return out
+
+
+class _BatchMaker:
+  """index -> host batch: training step `index` or eval batch `index` of a split."""
+
+  def __init__(self, config, kind: str, split: str, process_index: int, process_count: int):
+    if not 0 <= process_index < process_count:
+      raise PipelineConfigError(f"process_index {process_index} not in [0, {process_count})")
+    self.split = _Split(config, split)
+    validate(config, self.split.meta, process_count)
+    self.kind = kind
+    self.global_batch = config.batch_size
+    self.host_batch = config.batch_size // process_count
+    self.process_index = process_index
+
+  def spec(self) -> dict:
+    """key -> (shape, dtype) of the host batches this maker builds."""
+    return self.split.batch_spec(self.host_batch)
+
+  def __call__(self, index: int, out: Optional[dict] = None) -> dict:
+    if self.kind == "train":
+      return _train_batch(self.split, index, self.host_batch, self.process_index, out)
+    return _eval_batch(self.split, index, self.host_batch, self.global_batch,
+                       self.process_index, out)
+
+
+def _pool_options(config) -> dict:
+  d = config.data
+  return dict(workers=int(d.get("num_workers", 0)),
+              threads=int(d.get("num_threads", 0)) or (os.cpu_count() or 1),
+              prefetch=int(d.prefetch))
+
+
+# ----------------------------------------------------------------------------- API
+
+def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+  """Infinite iterator of this host's training batches from `start_step` on.
+
+  Host batch = config.batch_size // process_count. Batch k of a run started at step s is
+  the batch k of a run started at 0 (exact resume: checkpoint the step).
+  """
+  args = (config, "train", config.data.train_split, process_index, process_count)
+  return loader_pool.prefetched(_BatchMaker(*args), (_BatchMaker, args),
+                                itertools.count(start_step), **_pool_options(config))
+
+
+def eval_iterator(config, *, split: Optional[str] = None, num_batches: Optional[int] = None,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Finite, deterministic iterator over a split (same captions and masks every call).
+
+  Batch k holds captions [k B, (k+1) B) of the split in stored order (wrapping around when
+  the split is smaller); num_batches defaults to max(1, num_captions // B).
+  """
+  args = (config, "eval", split or config.data.eval_split, process_index, process_count)
+  maker = _BatchMaker(*args)
+  if num_batches is None:
+    num_batches = max(1, maker.split.num_captions // config.batch_size)
+  return loader_pool.prefetched(maker, (_BatchMaker, args), range(num_batches),
+                                **_pool_options(config))

@@ -1,0 +1,173 @@
+"""A small synthetic "world" of objects, attributes, images and captions (no download).
+
+An image holds 2-4 objects, each an (attribute, class) pair drawn uniformly, placed in
+distinct cells of a 2x2 grid so that different objects never overlap. Each object yields
+1-3 detector regions whose boxes are jittered copies of the object's box (pairwise IoU
+>= 0.57 by construction, so IoU >= 0.4 MRM grouping masks an object's regions together),
+plus 1-2 small clutter regions. A region's feature is class prototype + attribute prototype
++ Gaussian noise; its detector distribution peaks on the true class with some mass on a
+fixed "confusable" class. Captions name every object with its attribute in random order
+("a photo of a red dog next to a wooden car ."), so a masked object/attribute word can only
+be recovered from the regions and a masked region group only from the caption.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Adjacent pairs are each other's "confusable" class (the detector mixes them up).
+CLASSES = ("dog", "cat", "car", "bus", "tree", "bush", "house", "tower", "bird", "kite",
+           "horse", "cow", "boat", "ship", "chair", "bench", "table", "desk", "cup",
+           "bottle", "book", "lamp", "flower", "clock")
+ATTRIBUTES = ("red", "blue", "green", "yellow", "white", "black", "wooden", "metal",
+              "small", "large")
+PREFIXES = ((), ("a", "photo", "of"), ("there", "is"), ("a", "picture", "of"),
+            ("an", "image", "with"))
+CONNECTORS = (("next", "to"), ("and",), ("near",), ("beside",), ("with",), ("behind",),
+              ("in", "front", "of"), ("above",))
+PUNCT = (".", ",")
+# Clutter regions (background stuff) get detector classes after the named objects.
+NUM_CLUTTER_CLASSES = 8
+GRID = ((0, 0), (1, 0), (0, 1), (1, 1))   # Cells of the 2x2 layout: one object per cell.
+
+
+def vocab_tokens():
+  """The synthetic vocabulary: BERT special tokens first ([PAD] = 0), then the words."""
+  words = set(CLASSES) | set(ATTRIBUTES) | set(PUNCT)
+  for group in (PREFIXES, CONNECTORS):
+    for phrase in group:
+      words.update(phrase)
+  words.add("a")
+  return list(SPECIALS) + sorted(words)
+
+
+def num_detector_classes_needed():
+  """Background (0) + objects + clutter: the smallest num_classes the world fits in."""
+  return 1 + len(CLASSES) + NUM_CLUTTER_CLASSES
+
+
+def make_prototypes(seed: int, feature_dim: int):
+  """Class, attribute and clutter prototypes [K, F] float32, fixed by `seed`.
+
+  Entries ~ N(0, 1) for classes and clutter, N(0, 0.7^2) for attributes: random vectors in
+  F dimensions are nearly orthogonal, so classes and attributes are easy to tell apart.
+  """
+  rng = np.random.default_rng([seed, 1])
+  return dict(
+      classes=rng.normal(0.0, 1.0, (len(CLASSES), feature_dim)).astype(np.float32),
+      attributes=rng.normal(0.0, 0.7, (len(ATTRIBUTES), feature_dim)).astype(np.float32),
+      clutter=rng.normal(0.0, 1.0, (NUM_CLUTTER_CLASSES, feature_dim)).astype(np.float32))
+
+
+def _detector_distribution(rng, true_class, confusable, num_classes, low, high):
+  """A detector-like class distribution [C]: peaked on true_class, some mass on confusable."""
+  p = np.zeros((num_classes,), np.float32)
+  peak = rng.uniform(low, high)
+  rest = 1.0 - peak
+  conf_mass = rest * rng.uniform(0.4, 0.8) if confusable is not None else 0.0
+  p += 0.2 * (rest - conf_mass) / num_classes             # a floor over every class.
+  others = rng.choice(num_classes, size=4, replace=False)
+  p[others] += 0.8 * (rest - conf_mass) * rng.dirichlet(np.ones(4)).astype(np.float32)
+  p[true_class] += peak
+  if confusable is not None:
+    p[confusable] += conf_mass
+  return p / p.sum()
+
+
+def _jitter(rng, box, frac):
+  """Moves each side of a box by up to frac of its width/height."""
+  x1, y1, x2, y2 = box
+  w, h = x2 - x1, y2 - y1
+  d = rng.uniform(-frac, frac, 4) * np.array([w, h, w, h])
+  return np.array([x1 + d[0], y1 + d[1], x2 + d[2], y2 + d[3]], np.float32)
+
+
+def caption_tokens(rng, objects, max_len):
+  """Words of one caption naming every (attribute, class) object, at most max_len words.
+
+  Tries a random long form first; when it does not fit, drops the prefix, then uses
+  one-word connectors, then drops the articles ("red dog , wooden car and blue tree .").
+  """
+  order = rng.permutation(len(objects))
+  prefix = PREFIXES[rng.integers(len(PREFIXES))]
+  conns = [CONNECTORS[rng.integers(len(CONNECTORS))] for _ in range(len(objects) - 1)]
+  short_conns = [("and",) if i == len(objects) - 2 else (",",) for i in range(len(conns))]
+  for level in range(4):
+    words = list(prefix) if level == 0 else []
+    for j, i in enumerate(order):
+      attr, cls = objects[i]
+      if j > 0:
+        words.extend(conns[j - 1] if level <= 1 else short_conns[j - 1])
+      if level < 3:
+        words.append("a")
+      words.extend((ATTRIBUTES[attr], CLASSES[cls]))
+    words.append(".")
+    if len(words) <= max_len:
+      return words
+  raise ValueError(f"a caption of {len(objects)} objects needs {len(words)} words, more "
+                   f"than the {max_len} that fit into config.data.text_len")
+
+
+def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions,
+               noise, caption_len, captions_per_image, word_ids, split):
+  """One synthetic image: (record in the schema layout, captions as token-id lists, truth).
+
+  max_regions caps the number of regions (objects keep >= 1 each); fill_regions > 0 pads
+  with clutter up to exactly that many regions (benchmark shapes).
+  """
+  feature_dim = prototypes["classes"].shape[1]
+  width = int(rng.integers(480, 801))
+  height = int(rng.integers(360, 641))
+  n_obj = int(rng.integers(2, 5))
+  n_obj = max(1, min(n_obj, max_regions - 1, len(GRID)))
+  cells = rng.permutation(len(GRID))[:n_obj]
+  objects = [(int(rng.integers(len(ATTRIBUTES))), int(rng.integers(len(CLASSES))))
+             for _ in range(n_obj)]
+  per_obj = rng.integers(1, 4, n_obj)
+  n_clutter = int(rng.integers(1, 3))
+  budget = (fill_regions or max_regions)
+  while per_obj.sum() + n_clutter > budget and per_obj.max() > 1:
+    per_obj[int(np.argmax(per_obj))] -= 1
+  n_clutter = max(0, min(n_clutter, budget - int(per_obj.sum())))
+  if fill_regions:
+    n_clutter = fill_regions - int(per_obj.sum())
+
+  boxes, feats, probs, owner = [], [], [], []
+  cw, ch = width / 2.0, height / 2.0
+  for obj, ((attr, cls), cell, k) in enumerate(zip(objects, cells, per_obj)):
+    gx, gy = GRID[cell]
+    bw, bh = rng.uniform(0.5, 0.9) * cw, rng.uniform(0.5, 0.9) * ch
+    x1 = gx * cw + rng.uniform(0.03, 0.97) * (cw - bw)
+    y1 = gy * ch + rng.uniform(0.03, 0.97) * (ch - bh)
+    base = np.array([x1, y1, x1 + bw, y1 + bh], np.float32)
+    proto = prototypes["classes"][cls] + prototypes["attributes"][attr]
+    for _ in range(int(k)):
+      owner.append(obj)
+      boxes.append(_jitter(rng, base, 0.07))
+      feats.append(proto + rng.normal(0.0, noise, feature_dim))
+      probs.append(_detector_distribution(rng, 1 + cls, 1 + (cls ^ 1), num_classes, 0.5, 0.9))
+  first_clutter = 1 + len(CLASSES)
+  for _ in range(n_clutter):
+    c = int(rng.integers(NUM_CLUTTER_CLASSES))
+    bw, bh = rng.uniform(0.08, 0.25) * width, rng.uniform(0.08, 0.25) * height
+    x1, y1 = rng.uniform(0, width - bw), rng.uniform(0, height - bh)
+    owner.append(-1)
+    boxes.append(np.array([x1, y1, x1 + bw, y1 + bh], np.float32))
+    feats.append(prototypes["clutter"][c] + rng.normal(0.0, noise, feature_dim))
+    probs.append(_detector_distribution(rng, first_clutter + c, None, num_classes, 0.3, 0.7))
+  order = rng.permutation(len(boxes))    # Detectors do not list an object's boxes together.
+  boxes = np.clip(np.stack(boxes)[order], 0, [width - 1, height - 1, width - 1, height - 1])
+  cls_prob = np.stack(probs)[order]
+  record = dict(
+      image_id=f"synthetic_{split}_{index:07d}", width=np.int32(width),
+      height=np.int32(height), num_boxes=np.int32(len(order)),
+      boxes=boxes.astype(np.float32), features=np.stack(feats)[order].astype(np.float16),
+      cls_prob=cls_prob.astype(np.float16),
+      object_ids=cls_prob.argmax(-1).astype(np.int32),
+      object_conf=cls_prob.max(-1).astype(np.float32))
+  captions = [[word_ids[w] for w in caption_tokens(rng, objects, caption_len)]
+              for _ in range(captions_per_image)]
+  # The generator's truth (for tests): the (attribute, class) objects and, per region,
+  # the index of the object it shows (-1 = clutter).
+  truth = dict(objects=objects, region_object=np.asarray(owner)[order])
+  return record, captions, truth
