@@ -1,0 +1,1 @@
+"""Pretraining machinery: optimizer, train step, checkpoints, metrics, config checks."""

@@ -1,0 +1,117 @@
+"""Orbax checkpoints of a training run, auto-resume and the SIGTERM (preemption) save.
+
+Layout: `<workdir>/checkpoints/<step>/{params, train_state, data}`:
+  params       orbax StandardCheckpointer tree (what `interbert_jax.load_checkpoint` reads)
+  train_state  {"opt", "step", "rng"} (optimizer moments/counters, update count, base key)
+  data         JSON {"step": k}: the pipeline position (batch k is a pure function of k)
+Saves are async and atomic (written to a tmp dir, renamed on commit), so `kill -9`
+during a save leaves the previous checkpoint as the latest; keep-N prunes old steps.
+"""
+import logging
+import os
+import signal
+import threading
+
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+ITEMS = ("params", "train_state", "data")
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")
+
+
+class Checkpointer:
+  """Thin wrapper over ocp.CheckpointManager with the three items above."""
+
+  def __init__(self, workdir: str, keep: int, async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=int(keep) if keep and int(keep) > 0 else None,
+        create=True,
+        cleanup_tmp_directories=True,          # leftovers of a save killed mid-way
+        enable_async_checkpointing=async_save)
+    self.directory = checkpoint_dir(workdir)
+    self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def save(self, step: int, state: dict, rng_data: jax.Array, *,
+           data_state: dict | None = None) -> bool:
+    """Starts an async save of `state` (after `step` updates); False if the step exists.
+
+    `rng_data` is the base key as raw uint32 key data (a global, replicated array).
+    """
+    if step in self._mngr.all_steps():
+      return False
+    rest = {"opt": state["opt"], "step": state["step"], "rng": rng_data}
+    data = dict(data_state or {}, step=step)
+    self._mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        train_state=ocp.args.StandardSave(rest),
+        data=ocp.args.JsonSave(data)), force=True)
+    return True
+
+  def restore(self, step: int, abstract_state: dict, rng_sharding) -> tuple[dict, jax.Array, dict]:
+    """Restores onto the shardings in `abstract_state` (any mesh; resharding is free here).
+
+    Args:
+      abstract_state: {"params", "opt", "step"} of ShapeDtypeStruct with `.sharding` set.
+      rng_sharding: sharding for the base key data (replicated).
+    Returns:
+      (state, rng_data, data_state): rng_data is the base key's raw uint32 data.
+    """
+    key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+    rest_target = {
+        "opt": abstract_state["opt"], "step": abstract_state["step"],
+        "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=rng_sharding)}
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state["params"]),
+        train_state=ocp.args.StandardRestore(rest_target),
+        data=ocp.args.JsonRestore()))
+    rest = out["train_state"]
+    state = {"params": out["params"], "opt": rest["opt"], "step": rest["step"]}
+    return state, rest["rng"], dict(out["data"])
+
+  def wait(self):
+    self._mngr.wait_until_finished()
+
+  def close(self):
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+class PreemptionSignal:
+  """SIGTERM (what TPU/GPU schedulers send before preemption) -> save and exit cleanly.
+
+  Single process: a Python handler sets a flag the loop polls. Multi-process: JAX's
+  preemption sync manager (started by jax.distributed.initialize) catches the signal and
+  `reached_preemption_sync_point(step)` turns True at the same step on every host, without
+  a per-step collective, so all hosts save the same step.
+  """
+
+  def __init__(self):
+    self._event = threading.Event()
+    self._previous = None
+    self._multihost = jax.process_count() > 1
+    if not self._multihost and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Signal %d received: will checkpoint and exit after this step.", signum)
+    self._event.set()
+
+  def requested(self, step: int) -> bool:
+    if self._multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._event.is_set()
+
+  def restore_handler(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,56 @@
+"""FLOPs per example (analytic) and the device's measured matmul peak, for MFU."""
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def _layer_flops(seq: int, hidden: int, mlp: int) -> int:
+  """Forward FLOPs of one post-LN BERT layer over `seq` tokens (2 FLOPs per MAC).
+
+  QKV + output projections 4*H^2, MLP 2*H*M per token; QK^T and AV 2*S*H per token.
+  """
+  per_token = 2 * (4 * hidden * hidden + 2 * hidden * mlp) + 2 * 2 * seq * hidden
+  return seq * per_token
+
+
+def train_flops_per_example(config) -> int:
+  """Analytic training FLOPs for one example: 3x forward (backward = 2x forward).
+
+  Counts matmuls only (embeddings lookups, softmax, LayerNorm are < 1%). MSM runs at the
+  P target positions (`msm_positions`), MRM at all R regions, as the train step does.
+  """
+  m, d = config.model, config.data
+  h = int(m.hidden_size)
+  t = int(d.text_len)
+  r = int(d.max_regions) + 1
+  p = int(d.max_msm_targets) or t
+  fwd = 2 * r * (int(m.feature_dim) + int(m.location_dim)) * h                 # region embedding
+  fwd += int(m.single_stream.layers) * _layer_flops(r + t, h, int(m.single_stream.mlp_dim))
+  fwd += int(m.text_stream.layers) * _layer_flops(t, h, int(m.text_stream.mlp_dim))
+  fwd += int(m.image_stream.layers) * _layer_flops(r, h, int(m.image_stream.mlp_dim))
+  fwd += 2 * 2 * h * int(m.pooler_dim) + 2 * int(m.pooler_dim) * 2            # poolers, ITM
+  fwd += 2 * p * (h * h + h * int(m.vocab_size))                                # MSM head
+  out = int(m.feature_dim) if m.mrm_target == "regress" else int(m.num_region_classes)
+  fwd += 2 * r * (h * h + h * out)                                              # MRM head
+  return 3 * fwd
+
+
+def measure_peak_flops(dtype: str = "float32", size: int | None = None, repeats: int = 5) -> float:
+  """FLOP/s of a large square matmul on one device (the MFU denominator).
+
+  On accelerators 8192^2 saturates the MXU/tensor cores; on CPU a 1024^2 matmul keeps the
+  start-up cost under a second.
+  """
+  device = jax.local_devices()[0]
+  if size is None:
+    size = 1024 if device.platform == "cpu" else 8192
+  x = jax.device_put(jnp.ones((size, size), jnp.dtype(dtype)), device)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    y = f(x)
+  y.block_until_ready()
+  seconds = (time.perf_counter() - start) / repeats
+  return 2.0 * size ** 3 / seconds

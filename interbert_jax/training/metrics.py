@@ -1,0 +1,98 @@
+"""Metrics sinks (process 0 only): DIR/metrics.jsonl, TensorBoard DIR/tb, progress lines."""
+import json
+import math
+import os
+import time
+
+from etils import epath
+import numpy as np
+
+
+class MetricsWriter:
+  """Appends one JSON object per call to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    # Object stores (gs://) cannot append: keep the lines and rewrite the file instead.
+    self._remote = "://" in str(workdir)
+    self._lines = []
+    if enabled and self._remote and self.path.exists():
+      self._lines = [l + "\n" for l in self.path.read_text().splitlines() if l.strip()]
+    self._tb = None
+    if enabled and tensorboard:
+      # pylint: disable=g-import-not-at-top  (slow import, TensorBoard only)
+      import tensorflow as tf
+      from tensorflow.core.framework import summary_pb2
+      # TF only writes event files here: keep it off the accelerators JAX owns.
+      tf.config.set_visible_devices([], "GPU")
+      self._tf = tf
+      # tf.summary.scalar needs the tensorboard package; the raw write op with the
+      # scalars plugin's metadata produces the same events without it.
+      self._scalar_metadata = summary_pb2.SummaryMetadata(
+          plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, scalars: dict):
+    if not self.enabled:
+      return
+    record = {"step": int(step)}
+    record.update({k: _to_float(v) for k, v in sorted(scalars.items())})
+    line = json.dumps(record) + "\n"
+    if self._remote:
+      self._lines.append(line)
+      self.path.write_text("".join(self._lines))
+    else:
+      with open(self.path, "a") as f:
+        f.write(line)
+    if self._tb is not None:
+      with self._tb.as_default():
+        for k, v in record.items():
+          if k != "step" and v is not None and math.isfinite(v):
+            self._tf.summary.write(k, self._tf.constant(v, self._tf.float32), step=int(step),
+                                   metadata=self._scalar_metadata)
+      self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _to_float(v):
+  """Plain float; NaN/inf become null so the file stays strict JSON."""
+  v = float(np.asarray(v))
+  return v if math.isfinite(v) else None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All records of DIR/metrics.jsonl (for tests and notebooks)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """Throughput and ETA between log steps."""
+
+  def __init__(self, total_steps: int, start_step: int, global_batch: int):
+    self.total_steps = total_steps
+    self.global_batch = global_batch
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+    self._first_time = None
+
+  def update(self, step: int) -> dict:
+    """Returns {examples_per_sec, steps_per_sec, eta_seconds} since the previous call."""
+    now = time.perf_counter()
+    steps = max(step - self._last_step, 1)
+    seconds = max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    steps_per_sec = steps / seconds
+    return {"examples_per_sec": steps_per_sec * self.global_batch,
+            "steps_per_sec": steps_per_sec,
+            "eta_seconds": (self.total_steps - step) / steps_per_sec}
+
+  def line(self, step: int, loss: float, rates: dict) -> str:
+    eta = int(rates["eta_seconds"])
+    return (f"step {step}/{self.total_steps} ({100.0 * step / self.total_steps:.1f}%) "
+            f"loss {loss:.4f} | {rates['steps_per_sec']:.2f} steps/s "
+            f"{rates['examples_per_sec']:.1f} ex/s | ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s")

@@ -1,0 +1,122 @@
+"""The update step and the eval step: pure functions of (state, batch, rng).
+
+State is a plain dict {"params", "opt", "step"}. Model, optimizer and loss functions are
+explicit keyword arguments, bound with functools.partial before jax.jit (scenic style).
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TermsFn = Callable[[dict, dict, Any], dict]   # (outputs, batch, config) -> {task: (num, den)}
+CombineFn = Callable[[dict, Any], tuple]      # (terms, config.loss) -> (total, metrics)
+
+
+def apply_model(model, params, batch: dict, *, deterministic: bool, rng=None) -> dict:
+  """Runs the model on a batch dict (docs/design.md batch contract).
+
+  `msm_positions` is passed so the MSM head (a [*, V] matmul) runs only at target
+  positions, never over the whole text.
+  """
+  rngs = None if deterministic else {"dropout": rng}
+  return model.apply(
+      {"params": params}, batch["text_ids"], batch["text_mask"], batch["region_features"],
+      batch["region_locations"], batch["region_mask"], segment_ids=batch["segment_ids"],
+      deterministic=deterministic, msm_positions=batch["msm_positions"], rngs=rngs)
+
+
+def split_microbatches(batch: dict, num: int) -> dict:
+  """[B, ...] -> [num, B/num, ...] with microbatch j = rows j, j+num, j+2*num, ...
+
+  The batch is block-sharded over devices (device d owns rows d*B/D...). A strided split
+  keeps each microbatch's rows on the device that already holds them: reshaping to
+  [B/num, num] leaves axis 0 block-sharded, so no example crosses the network.
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def _global_denominators(model, params, batch, config, terms_fn) -> dict:
+  """The whole batch's loss denominators (target counts), without running the model.
+
+  Denominators depend only on the batch (weights, labels); evaluating the loss terms on
+  zero outputs of the right shapes yields them, and XLA removes the unused numerators.
+  """
+  shapes = jax.eval_shape(lambda p, b: apply_model(model, p, b, deterministic=True),
+                          params, batch)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  return jax.tree.map(lambda t: jax.lax.stop_gradient(t[1]),
+                      terms_fn(zeros, batch, config), is_leaf=lambda t: isinstance(t, tuple))
+
+
+def _with_denominators(terms: dict, dens: dict) -> dict:
+  return {k: (num, dens[k]) for k, (num, _) in terms.items()}
+
+
+def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, config, terms_fn: TermsFn, combine_fn: CombineFn):
+  """One optimizer update on a global batch.
+
+  Args:
+    state: {"params", "opt", "step"} (step: int32 scalar, updates done so far).
+    batch: batch-contract dict, leading axis = global batch B.
+    rng: base key, typed or raw uint32 key data (what the trainer passes, replicated);
+      this step uses fold_in(rng, step) (and fold_in(., micro) per microbatch).
+  Returns:
+    (new_state, metrics): metrics are float32 scalars: loss, per-task losses/accuracies,
+    learning_rate, grad_norm.
+  """
+  params = state["params"]
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
+  step_rng = jax.random.fold_in(rng, state["step"])
+  num_micro = int(config.microbatches)
+
+  def loss_fn(p, b, r, dens):
+    outputs = apply_model(model, p, b, deterministic=False, rng=r)
+    terms = terms_fn(outputs, b, config)
+    scaled = terms if dens is None else _with_denominators(terms, dens)
+    total, _ = combine_fn(scaled, config.loss)
+    return total, terms
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if num_micro == 1:
+    (_, terms), grads = grad_fn(params, batch, step_rng, None)
+  else:
+    # Each microbatch's loss divides by the GLOBAL batch's counts, so the summed
+    # gradients equal the big batch's gradient exactly (up to float summation order).
+    dens = _global_denominators(model, params, batch, config, terms_fn)
+    micro = split_microbatches(batch, num_micro)
+
+    def body(carry, xs):
+      grad_acc, terms_acc = carry
+      i, mb = xs
+      (_, terms), g = grad_fn(params, mb, jax.random.fold_in(step_rng, i), dens)
+      grad_acc = jax.tree.map(jnp.add, grad_acc, g)
+      terms_acc = jax.tree.map(jnp.add, terms_acc, terms)
+      return (grad_acc, terms_acc), None
+
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    terms_shape = jax.eval_shape(
+        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), step_rng, dens)[0][1])
+    zero_terms = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms_shape)
+    (grads, terms), _ = jax.lax.scan(body, (zero_grads, zero_terms),
+                                     (jnp.arange(num_micro), micro))
+
+  _, metrics = combine_fn(terms, config.loss)
+  grad_norm = optax.tree.norm(grads)
+  updates, new_opt = tx.update(grads, state["opt"], params)
+  new_params = optax.apply_updates(params, updates)
+  metrics = dict(metrics, learning_rate=schedule(state["step"]), grad_norm=grad_norm)
+  metrics = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+  new_state = dict(state, params=new_params, opt=new_opt, step=state["step"] + 1)
+  return new_state, metrics
+
+
+def eval_terms(params, batch: dict, *, model, config, terms_fn: TermsFn) -> dict:
+  """Loss-term sums {task: (num, den)} on one batch, dropout off; summed over eval batches."""
+  outputs = apply_model(model, params, batch, deterministic=True)
+  return terms_fn(outputs, batch, config)

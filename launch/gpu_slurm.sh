@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# InterBERT pretraining on a GPU cluster with SLURM: one process per GPU.
+#
+# Usage:
+#   WORKDIR=/shared/runs/interbert1 DATA_DIR=/shared/cc_prepared \
+#   INIT_FROM=/shared/ckpt/bert_base_converted \
+#     sbatch --nodes=2 launch/gpu_slurm.sh [--config.mesh.fsdp=8 ...extra overrides]
+#
+# srun starts SLURM_NTASKS processes (nodes x 8 here); each sees one GPU. The trainer
+# calls jax.distributed.initialize() (--distributed=auto detects SLURM_NTASKS > 1), which
+# reads the coordinator address, process count and id from the SLURM environment. WORKDIR
+# must be on a filesystem every node sees. `scancel --signal=TERM` (or the scheduler's
+# pre-emption SIGTERM) makes the run checkpoint and exit 0; resubmitting resumes exactly.
+#
+#SBATCH --job-name=interbert-pretrain
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --time=72:00:00
+#SBATCH --signal=TERM@300
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+
+: "${WORKDIR:?set WORKDIR (shared filesystem)}"
+CONFIG=${CONFIG:-configs/pretrain.py:base}
+REPO_DIR=${REPO_DIR:-$(pwd)}
+PYTHON=${PYTHON:-python3}
+
+ARGS=("--config=${CONFIG}" "--workdir=${WORKDIR}")
+[[ -n "${DATA_DIR:-}" ]] && ARGS+=("--config.data.dir=${DATA_DIR}")
+[[ -n "${INIT_FROM:-}" ]] && ARGS+=("--config.init_from=${INIT_FROM}")
+ARGS+=("$@")
+
+# XLA GPU flags commonly used for transformer training; tf.data stays on the CPU.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
+export TF_CPP_MIN_LOG_LEVEL=2
+# A persistent compilation cache makes restarts after pre-emption start in seconds.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-${WORKDIR}/jax_cache}
+
+cd "${REPO_DIR}"
+# --gpus-per-task=1 binds one GPU per process; JAX sees it as its only local device.
+srun --gpus-per-task=1 --kill-on-bad-exit=1 \
+  "${PYTHON}" -m interbert_jax.main --distributed=auto "${ARGS[@]}"
