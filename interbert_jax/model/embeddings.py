@@ -27,7 +27,7 @@ class TextEmbeddings(nn.Module):
         cfg.type_vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
         embedding_init=init((None, "embed")))
     self.LayerNorm = common.layer_norm(cfg, name=None)
-    self.dropout = nn.Dropout(cfg.embedding_dropout)
+    self.dropout = common.Dropout(cfg.embedding_dropout)
 
   def __call__(self, text_ids, segment_ids, deterministic):
     """text_ids, segment_ids: int [B, T] -> [B, T, H] in the compute dtype."""
@@ -72,5 +72,5 @@ class RegionEmbeddings(nn.Module):
     if segment is not None:
       x = x + segment
     x = common.layer_norm(cfg, name="LayerNorm")(x)
-    x = nn.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
+    x = common.Dropout(cfg.embedding_dropout)(x, deterministic=deterministic)
     return common.constrain(x, common.HIDDEN_AXES)

@@ -26,7 +26,7 @@ class InterBert(nn.Module):
     self.image_stream = Stack(cfg, cfg.image_stream) if cfg.image_stream.layers else None
     self.text_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None)
     self.image_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None)
-    self.itm_dropout = nn.Dropout(cfg.itm_dropout)
+    self.itm_dropout = common.Dropout(cfg.itm_dropout)
     self.itm_head = common.dense(cfg, 2, ("mlp", None), (None,), None)
     self.msm_head = MsmHead(cfg)
     self.mrm_head = MrmHead(cfg)
