@@ -129,3 +129,10 @@ def test_init_from_shape_mismatch_names_the_parameter():
 def test_init_from_unknown_parameter():
   with pytest.raises(ValueError, match=r"'text_stream/layer_0/x' is not in the model.*scan_layers"):
     init_from_lib.merge_params(_params_like(), {"text_stream": {"layer_0": {"x": np.zeros(1)}}})
+
+
+def test_relative_workdir_gives_absolute_checkpoint_dir(tmp_path, monkeypatch):
+  # The README's quick start passes --workdir=workdirs/tiny; orbax needs absolute paths.
+  monkeypatch.chdir(tmp_path)
+  assert checkpointing.checkpoint_dir("workdirs/tiny") == str(tmp_path / "workdirs/tiny/checkpoints")
+  assert checkpointing.checkpoint_dir("gs://bucket/run") == "gs://bucket/run/checkpoints"

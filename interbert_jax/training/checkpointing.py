@@ -20,6 +20,9 @@ ITEMS = ("params", "train_state", "data")
 
 
 def checkpoint_dir(workdir: str) -> str:
+  """`<workdir>/checkpoints`, absolute (orbax refuses relative paths; gs:// stays as is)."""
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)
   return os.path.join(workdir, "checkpoints")
 
 
