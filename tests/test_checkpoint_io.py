@@ -35,7 +35,7 @@ def _equal(a, b):
 def test_save_load_roundtrip(tmp_path, tiny_params):
   cfg, params = tiny_params
   interbert_jax.save_checkpoint(tmp_path / "ckpt", params, cfg)
-  assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["hidden_size"] == 64
+  assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["hidden_size"] == cfg.hidden_size
   model, loaded, loaded_cfg = interbert_jax.load_checkpoint(str(tmp_path / "ckpt"))
   assert loaded_cfg.to_dict() == cfg.to_dict()
   assert _equal(loaded, params)

@@ -191,7 +191,9 @@ def test_scan_equals_unscan_and_helpers_roundtrip(ref):
   _, _, params, inputs, out = ref
   model = interbert_jax.build_model(tiny(scan_layers=True))
   stacked = scan_params(params)
-  assert stacked["single_stream"]["layers"]["mlp"]["wi"]["kernel"].shape == (2, 64, 128)
+  cfg = tiny()
+  assert stacked["single_stream"]["layers"]["mlp"]["wi"]["kernel"].shape == (
+      cfg.single_stream.layers, cfg.hidden_size, cfg.single_stream.mlp_dim)
   out_scan = apply(model, stacked, inputs)
   for key in out:
     np.testing.assert_allclose(out_scan[key], out[key], atol=1e-6, rtol=0)

@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import interbert_jax
-from configs.pretrain import get_config
+from configs.pretrain import get_config, model_config
 from interbert_jax.data import pipeline
 from interbert_jax.objectives import losses
 from interbert_jax.parallel import mesh as mesh_lib
@@ -74,6 +74,7 @@ def test_activation_rules_give_batch_priority():
 @pytest.fixture(scope="module")
 def tiny_config():
   config = get_config("tiny")
+  config.model = model_config("tiny")         # With its dropout: masks must agree too.
   config.total_steps = 10
   config.optimizer.warmup_fraction = 0.0      # Non-zero learning rate from the first step.
   return config

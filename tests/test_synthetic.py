@@ -138,3 +138,45 @@ def test_generation_is_fast(tmp_path):
   start = time.perf_counter()
   synthetic.ensure_synthetic(c)
   assert time.perf_counter() - start < 20.0
+
+
+def test_object_counts_and_spatial_caption_order(data):
+  """Tiny images hold 1-3 objects and <= 1 clutter region; captions name them left to right,
+  so a masked region group's place among the boxes tells which caption object it shows."""
+  vocab = tokenizer.load_vocab(os.path.join(data, "vocab.txt"))
+  inv = {i: w for w, i in vocab.items()}
+  caps = schema.load_captions(data, "train")
+  c = _config(data)
+  s = c.data.synthetic
+  params = synthetic.synthetic_params(c)
+  counts = []
+  for index, (record, _, truth) in enumerate(synthetic.split_images(params, "train")):
+    n_obj = len(truth["objects"])
+    counts.append(n_obj)
+    assert int(np.sum(truth["region_object"] < 0)) <= s.max_clutter
+    left_to_right = [truth["objects"][i] for i in np.argsort(truth["object_centre_x"])]
+    expected = [(world.ATTRIBUTES[a], world.CLASSES[o]) for a, o in left_to_right]
+    for k in np.flatnonzero(caps.image_index == index):
+      words = [inv[int(i)] for i in caps.caption(k)]
+      named = [(w, words[i + 1]) for i, w in enumerate(words) if w in world.ATTRIBUTES]
+      assert named == expected
+  assert (s.min_objects, s.max_objects) == (1, 3)
+  assert min(counts) == 1 and max(counts) == 3
+
+
+def test_tiny_world_uses_its_class_and_attribute_subsets(data):
+  c = _config(data)
+  s = c.data.synthetic
+  params = synthetic.synthetic_params(c)
+  attrs, classes = set(), set()
+  for _, _, truth in synthetic.split_images(params, "train"):
+    attrs |= {a for a, _ in truth["objects"]}
+    classes |= {o for _, o in truth["objects"]}
+  assert attrs == set(range(s.num_attributes)) and classes == set(range(s.num_object_classes))
+
+
+def test_bad_object_counts_are_named():
+  c = pretrain.get_config("tiny")
+  c.data.synthetic.min_objects, c.data.synthetic.max_objects = 3, 2
+  with pytest.raises(ValueError, match="min_objects=3"):
+    synthetic.ensure_synthetic(c)

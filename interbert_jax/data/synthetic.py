@@ -23,7 +23,7 @@ import numpy as np
 from interbert_jax.data import schema
 from interbert_jax.data import synthetic_world as world
 
-GENERATOR_VERSION = 1            # Bump when the generator's output changes.
+GENERATOR_VERSION = 2            # Bump when the generator's output changes.
 SPLITS = ("train", "validation", "test")
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 PARAMS_FILE = "synthetic_params.json"
@@ -44,6 +44,11 @@ def synthetic_params(config) -> dict:
       max_regions=int(s.get("max_regions_per_image", 0) or config.data.max_regions),
       fill_regions=int(s.get("fill_regions", 0)),
       noise=float(s.get("noise", 0.3)),
+      min_objects=int(s.get("min_objects", 2)), max_objects=int(s.get("max_objects", 4)),
+      max_clutter=int(s.get("max_clutter", 2)),
+      spatial_order=bool(s.get("spatial_order", False)),
+      num_object_classes=int(s.get("num_object_classes", 0) or len(world.CLASSES)),
+      num_attributes=int(s.get("num_attributes", 0) or len(world.ATTRIBUTES)),
       # The world's word lists, so that editing them never reuses a stale cache.
       world=hashlib.sha256(" ".join(world.vocab_tokens()).encode()).hexdigest()[:12])
 
@@ -69,6 +74,16 @@ def _check_params(params: dict):
     raise ValueError(f"config.data.synthetic.max_regions_per_image (or data.max_regions)="
                      f"{params['max_regions']}: the synthetic "
                      "images need at least 3 regions")
+  if not 1 <= params["min_objects"] <= params["max_objects"] <= len(world.GRID):
+    raise ValueError(f"config.data.synthetic.min_objects={params['min_objects']}, "
+                     f"max_objects={params['max_objects']}: need 1 <= min <= max <= "
+                     f"{len(world.GRID)}")
+  for key, names in (("num_object_classes", world.CLASSES), ("num_attributes", world.ATTRIBUTES)):
+    if not 2 <= params[key] <= len(names):
+      raise ValueError(f"config.data.synthetic.{key}={params[key]}: need 2..{len(names)} "
+                       "(0 = all)")
+  if params["max_clutter"] < 0:
+    raise ValueError(f"config.data.synthetic.max_clutter={params['max_clutter']} < 0")
   for split, n in params["num_images"].items():
     if n < 2:
       raise ValueError(f"config.data.synthetic.num_{split}_images={n}: need >= 2 images "
@@ -85,7 +100,11 @@ def split_images(params: dict, split: str):
         rng, index, prototypes, num_classes=params["num_classes"],
         max_regions=params["max_regions"], fill_regions=params["fill_regions"],
         noise=params["noise"], caption_len=params["caption_len"],
-        captions_per_image=params["captions_per_image"], word_ids=word_ids, split=split)
+        captions_per_image=params["captions_per_image"], word_ids=word_ids, split=split,
+        min_objects=params["min_objects"], max_objects=params["max_objects"],
+        max_clutter=params["max_clutter"], spatial_order=params["spatial_order"],
+        num_object_classes=params["num_object_classes"],
+        num_attributes=params["num_attributes"])
 
 
 def generate(out_dir: str, params: dict) -> str:

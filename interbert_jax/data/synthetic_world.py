@@ -1,14 +1,17 @@
 """A small synthetic "world" of objects, attributes, images and captions (no download).
 
-An image holds 2-4 objects, each an (attribute, class) pair drawn uniformly, placed in
-distinct cells of a 2x2 grid so that different objects never overlap. Each object yields
-1-3 detector regions whose boxes are jittered copies of the object's box (pairwise IoU
->= 0.57 by construction, so IoU >= 0.4 MRM grouping masks an object's regions together),
-plus 1-2 small clutter regions. A region's feature is class prototype + attribute prototype
-+ Gaussian noise; its detector distribution peaks on the true class with some mass on a
-fixed "confusable" class. Captions name every object with its attribute in random order
-("a photo of a red dog next to a wooden car ."), so a masked object/attribute word can only
-be recovered from the regions and a masked region group only from the caption.
+An image holds min_objects..max_objects objects (tiny: 1-3), each an (attribute, class)
+pair drawn uniformly from the first num_attributes x num_object_classes words (tiny: 4 x 6;
+fewer words are learned from fewer examples), placed in distinct cells of a 2x2 grid so that different objects never
+overlap. Each object yields 1-3 detector regions whose boxes are jittered copies of the
+object's box (pairwise IoU >= 0.57 by construction, so IoU >= 0.4 MRM grouping masks an
+object's regions together), plus 0..max_clutter small clutter regions. A region's feature is
+class prototype + attribute prototype + Gaussian noise; its detector distribution peaks on
+the true class with some mass on a fixed "confusable" class. Captions name every object with
+its attribute ("a photo of a red dog next to a wooden car ."), left to right by box centre
+(spatial_order) or in random order, so a masked object/attribute word can only be recovered
+from the regions and a masked region group only from the caption (with spatial order, the
+masked group's location tells which caption object it is).
 """
 from __future__ import annotations
 
@@ -21,10 +24,10 @@ CLASSES = ("dog", "cat", "car", "bus", "tree", "bush", "house", "tower", "bird",
            "bottle", "book", "lamp", "flower", "clock")
 ATTRIBUTES = ("red", "blue", "green", "yellow", "white", "black", "wooden", "metal",
               "small", "large")
-PREFIXES = ((), ("a", "photo", "of"), ("there", "is"), ("a", "picture", "of"),
-            ("an", "image", "with"))
-CONNECTORS = (("next", "to"), ("and",), ("near",), ("beside",), ("with",), ("behind",),
-              ("in", "front", "of"), ("above",))
+# Few filler templates: every filler word is a masked-span target the regions cannot help
+# with, so many random fillers drown the cross-modal signal in MSM.
+PREFIXES = (("a", "photo", "of"), ("there", "is"))
+CONNECTORS = (("and",), ("next", "to"))
 PUNCT = (".", ",")
 # Clutter regions (background stuff) get detector classes after the named objects.
 NUM_CLUTTER_CLASSES = 8
@@ -82,13 +85,14 @@ def _jitter(rng, box, frac):
   return np.array([x1 + d[0], y1 + d[1], x2 + d[2], y2 + d[3]], np.float32)
 
 
-def caption_tokens(rng, objects, max_len):
+def caption_tokens(rng, objects, max_len, order=None):
   """Words of one caption naming every (attribute, class) object, at most max_len words.
 
-  Tries a random long form first; when it does not fit, drops the prefix, then uses
-  one-word connectors, then drops the articles ("red dog , wooden car and blue tree .").
+  order: the objects' order in the caption (None = random). Tries a random long form first;
+  when it does not fit, drops the prefix, then uses one-word connectors, then drops the
+  articles ("red dog , wooden car and blue tree .").
   """
-  order = rng.permutation(len(objects))
+  order = rng.permutation(len(objects)) if order is None else order
   prefix = PREFIXES[rng.integers(len(PREFIXES))]
   conns = [CONNECTORS[rng.integers(len(CONNECTORS))] for _ in range(len(objects) - 1)]
   short_conns = [("and",) if i == len(objects) - 2 else (",",) for i in range(len(conns))]
@@ -109,22 +113,29 @@ def caption_tokens(rng, objects, max_len):
 
 
 def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions,
-               noise, caption_len, captions_per_image, word_ids, split):
+               noise, caption_len, captions_per_image, word_ids, split, min_objects=2,
+               max_objects=4, max_clutter=2, spatial_order=False, num_object_classes=0,
+               num_attributes=0):
   """One synthetic image: (record in the schema layout, captions as token-id lists, truth).
 
   max_regions caps the number of regions (objects keep >= 1 each); fill_regions > 0 pads
-  with clutter up to exactly that many regions (benchmark shapes).
+  with clutter up to exactly that many regions (benchmark shapes). min/max_objects: objects
+  per image (uniform, at most 4 = the grid cells); max_clutter: clutter regions per image
+  (uniform in 0..max_clutter); spatial_order: captions name objects left to right;
+  num_object_classes / num_attributes > 0: draw objects from the first that many CLASSES /
+  ATTRIBUTES only (vocabulary and detector classes stay the same).
   """
   feature_dim = prototypes["classes"].shape[1]
   width = int(rng.integers(480, 801))
   height = int(rng.integers(360, 641))
-  n_obj = int(rng.integers(2, 5))
+  n_obj = int(rng.integers(min_objects, max_objects + 1))
   n_obj = max(1, min(n_obj, max_regions - 1, len(GRID)))
   cells = rng.permutation(len(GRID))[:n_obj]
-  objects = [(int(rng.integers(len(ATTRIBUTES))), int(rng.integers(len(CLASSES))))
-             for _ in range(n_obj)]
+  n_attr = num_attributes or len(ATTRIBUTES)
+  n_cls = num_object_classes or len(CLASSES)
+  objects = [(int(rng.integers(n_attr)), int(rng.integers(n_cls))) for _ in range(n_obj)]
   per_obj = rng.integers(1, 4, n_obj)
-  n_clutter = int(rng.integers(1, 3))
+  n_clutter = int(rng.integers(0, max_clutter + 1))
   budget = (fill_regions or max_regions)
   while per_obj.sum() + n_clutter > budget and per_obj.max() > 1:
     per_obj[int(np.argmax(per_obj))] -= 1
@@ -132,7 +143,7 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
   if fill_regions:
     n_clutter = fill_regions - int(per_obj.sum())
 
-  boxes, feats, probs, owner = [], [], [], []
+  boxes, feats, probs, owner, centres = [], [], [], [], []
   cw, ch = width / 2.0, height / 2.0
   for obj, ((attr, cls), cell, k) in enumerate(zip(objects, cells, per_obj)):
     gx, gy = GRID[cell]
@@ -140,6 +151,7 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
     x1 = gx * cw + rng.uniform(0.03, 0.97) * (cw - bw)
     y1 = gy * ch + rng.uniform(0.03, 0.97) * (ch - bh)
     base = np.array([x1, y1, x1 + bw, y1 + bh], np.float32)
+    centres.append(x1 + bw / 2)
     proto = prototypes["classes"][cls] + prototypes["attributes"][attr]
     for _ in range(int(k)):
       owner.append(obj)
@@ -165,9 +177,12 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
       cls_prob=cls_prob.astype(np.float16),
       object_ids=cls_prob.argmax(-1).astype(np.int32),
       object_conf=cls_prob.max(-1).astype(np.float32))
-  captions = [[word_ids[w] for w in caption_tokens(rng, objects, caption_len)]
+  # Left to right by the object's (unjittered) box centre.
+  caption_order = np.argsort(centres, kind="stable") if spatial_order else None
+  captions = [[word_ids[w] for w in caption_tokens(rng, objects, caption_len, caption_order)]
               for _ in range(captions_per_image)]
-  # The generator's truth (for tests): the (attribute, class) objects and, per region,
-  # the index of the object it shows (-1 = clutter).
-  truth = dict(objects=objects, region_object=np.asarray(owner)[order])
+  # The generator's truth (for tests): the (attribute, class) objects, their box centres
+  # (x, pixels) and, per region, the index of the object it shows (-1 = clutter).
+  truth = dict(objects=objects, object_centre_x=np.asarray(centres),
+               region_object=np.asarray(owner)[order])
   return record, captions, truth
