@@ -96,7 +96,6 @@ def data_config(variant="base"):
   # Global image token = mean of the region features AFTER MRM zeroing (reference);
   # False: mean of the unmasked features.
   d.global_from_masked = True
-  d.shuffle_buffer = 10_000            # unused: the pipeline shuffles by a full per-epoch permutation.
   d.prefetch = 2                       # host batches prepared ahead of the trainer.
   d.num_threads = 0                    # loader threads; 0 = the host's CPU count.
   d.num_workers = 0                    # >0: loader worker processes instead of threads.
@@ -132,7 +131,6 @@ def data_config(variant="base"):
     # (~10-word) synthetic caption so often that ITM cannot exceed ~0.91; the real 0.3 n cap
     # (which the reference computes and then ignores) lifts that ceiling to ~0.99.
     d.msm.max_span_frac = 0.3
-    d.shuffle_buffer = 2_000
   return d
 
 
