@@ -6,11 +6,9 @@ byte lengths and must agree across lines (and files). class_target: "distributio
 cls_prob is present, else the records carry no class target (prepare rejects that unless
 the model does not need one).
 """
-import numpy as np
-
 from interbert_jax.data.importers.common import (
-    DimTracker, RecordError, check_columns, decode_array, expand_paths, infer_width,
-    location, parse_int, raise_error, text, tsv_rows)
+    DimTracker, RecordError, check_columns, expand_paths, infer_width, location,
+    parse_boxes, parse_int, raise_error, text, tsv_rows)
 
 COLUMNS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features", "cls_prob")
 
@@ -31,13 +29,7 @@ def iter_images(paths, on_error=raise_error, **unused_options):
 
 
 def _parse(source, row, feature_dim, num_classes):
-  n = parse_int(source, "num_boxes", row[3])
-  if n <= 0:
-    raise RecordError(source, "no_boxes", f"num_boxes is {n}: an image needs at least one region")
-  boxes = decode_array(source, "boxes", row[4], np.float32, (4,))
-  if n != len(boxes):
-    raise RecordError(source, "num_boxes_mismatch",
-                      f"num_boxes column says {n} but the boxes column holds {len(boxes)}")
+  n, boxes = parse_boxes(source, row[3], row[4])
   features = infer_width(source, "features", row[5], n)
   feature_dim.check(source, features.shape[1])
   record = {"image_id": text(row[0]), "width": parse_int(source, "image_w", row[1]),

@@ -128,3 +128,15 @@ class DimTracker:
 
 def location(path, line):
   return f"{os.fspath(path)}:line {line}"
+
+
+def parse_boxes(source, num_boxes_column, boxes_column):
+  """num_boxes and base64 float32 boxes [N, 4], checked against each other -> (N, boxes)."""
+  n = parse_int(source, "num_boxes", num_boxes_column)
+  if n <= 0:
+    raise RecordError(source, "no_boxes", f"num_boxes is {n}: an image needs at least one region")
+  boxes = decode_array(source, "boxes", boxes_column, np.float32, (4,))
+  if n != len(boxes):
+    raise RecordError(source, "num_boxes_mismatch",
+                      f"num_boxes column says {n} but the boxes column holds {len(boxes)}")
+  return n, boxes

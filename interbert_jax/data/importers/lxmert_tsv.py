@@ -10,7 +10,7 @@ import numpy as np
 
 from interbert_jax.data.importers.common import (
     DimTracker, RecordError, check_columns, decode_array, expand_paths, infer_width,
-    location, parse_int, raise_error, text, tsv_rows)
+    location, parse_boxes, parse_int, raise_error, text, tsv_rows)
 
 COLUMNS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id",
            "attrs_conf", "num_boxes", "boxes", "features")
@@ -30,13 +30,7 @@ def iter_images(paths, on_error=raise_error, num_classes=None, **unused_options)
 
 
 def _parse(source, row, feature_dim, num_classes):
-  n = parse_int(source, "num_boxes", row[7])
-  if n <= 0:
-    raise RecordError(source, "no_boxes", f"num_boxes is {n}: an image needs at least one region")
-  boxes = decode_array(source, "boxes", row[8], np.float32, (4,))
-  if n != len(boxes):
-    raise RecordError(source, "num_boxes_mismatch",
-                      f"num_boxes column says {n} but the boxes column holds {len(boxes)}")
+  n, boxes = parse_boxes(source, row[7], row[8])
   object_ids = decode_array(source, "objects_id", row[3], np.int64, rows=n)
   object_conf = decode_array(source, "objects_conf", row[4], np.float32, rows=n)
   decode_array(source, "attrs_id", row[5], np.int64, rows=n)
