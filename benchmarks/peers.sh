@@ -8,10 +8,10 @@
 #   OURS_ARGS="--config.model.dtype=bfloat16" benchmarks/peers.sh
 #
 # Environment:
-#   PYTHON            our venv's python            (default /tmp/venv/bin/python)
-#   PEER_PYTHON       the peers' torch venv python  (default /tmp/peer/bin/python)
-#   INTERBERT_REF_DIR unpacked black4321/InterBERT (default /tmp/interbert_ref; never committed)
-#   PEERS_DIR         the peer scripts              (default /work/shared/peers)
+#   PYTHON            our venv's python            (default .venv/bin/python of this repo)
+#   PEER_PYTHON       the peers' torch venv python  (required: a venv with torch + transformers)
+#   INTERBERT_REF_DIR unpacked black4321/InterBERT (required; never committed)
+#   PEERS_DIR         the peer scripts              (default ../shared/peers beside the repo)
 #   BATCH, STEPS      batch size and timed steps per run (default 8 and 5)
 #   ROUNDS            how many times to run the three back to back (default 1)
 #   OURS_ARGS         extra flags for benchmarks/train_step.py (e.g. --config.KEY=VALUE)
@@ -24,10 +24,11 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-/tmp/venv/bin/python}"
-PEER_PYTHON="${PEER_PYTHON:-/tmp/peer/bin/python}"
-export INTERBERT_REF_DIR="${INTERBERT_REF_DIR:-/tmp/interbert_ref}"
-PEERS_DIR="${PEERS_DIR:-/work/shared/peers}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+: "${PEER_PYTHON:?set PEER_PYTHON to the python of a venv with torch and transformers}"
+: "${INTERBERT_REF_DIR:?set INTERBERT_REF_DIR to an unpacked black4321/InterBERT tree}"
+export INTERBERT_REF_DIR
+PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/peers}"
 BATCH="${BATCH:-8}"
 STEPS="${STEPS:-5}"
 ROUNDS="${ROUNDS:-1}"
@@ -36,7 +37,7 @@ OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
 
 for f in "$PYTHON" "$PEER_PYTHON"; do
-  [[ -x "$f" ]] || { echo "peers.sh: $f not found (see /work/shared/peers/README.md)" >&2; exit 2; }
+  [[ -x "$f" ]] || { echo "peers.sh: $f not found (see $PEERS_DIR/README.md)" >&2; exit 2; }
 done
 [[ -d "$INTERBERT_REF_DIR/bertmodel" ]] || {
   echo "peers.sh: INTERBERT_REF_DIR=$INTERBERT_REF_DIR has no bertmodel/ (unpack black4321/InterBERT)" >&2

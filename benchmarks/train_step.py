@@ -46,6 +46,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import interbert_jax  # pylint: disable=g-import-not-at-top
+from interbert_jax.model import count_params  # pylint: disable=g-import-not-at-top
 from interbert_jax.objectives import losses  # pylint: disable=g-import-not-at-top
 from interbert_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
 from interbert_jax.parallel import partitioning  # pylint: disable=g-import-not-at-top
@@ -152,8 +153,8 @@ def main(argv):
 
   # Same construction as interbert_jax.main: sharded state, donated, shardings pinned.
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, state_sh = state_lib.abstract_state(model, opt.tx, batch_shapes, mesh, init_rng)
-    state = state_lib.create_state(model, opt.tx, batch_shapes, state_sh, init_rng)
+    abstract, state_sh = state_lib.abstract_state(model, opt.tx, mesh, init_rng)
+    state = state_lib.create_state(model, opt.tx, state_sh, init_rng)
   batch = partitioning.global_batch(host_batch, mesh)
   repl = partitioning.replicated(mesh)
   step_fn = functools.partial(
@@ -203,7 +204,7 @@ def main(argv):
   with ref_cfg.unlocked():
     ref_cfg.data.max_msm_targets = 0
   fpe_ref = flops_lib.train_flops_per_example(ref_cfg)
-  n_params = state_lib.count_params(state["params"])
+  n_params = count_params(state["params"])
   print(json.dumps({
       "bench": "interbert-jax-train-step", "variant": config.variant,
       "platform": device.platform, "devices": jax.device_count(),

@@ -1,7 +1,7 @@
 """InterBERT pretraining configs: the single source of truth for model, data and training.
 
 Run:
-  python -m interbert_jax.main --config=configs/pretrain.py:tiny --workdir=/tmp/interbert_tiny
+  python -m interbert_jax.main --config=configs/pretrain.py:tiny --workdir=workdirs/tiny
   python -m interbert_jax.main --config=configs/pretrain.py:base --workdir=gs://.../run \
       --config.data.dir=/data/cc_prepared --config.init_from=/ckpt/bert_base_converted
 
@@ -19,7 +19,7 @@ def _stack(layers, heads, mlp_dim, hidden_dropout=0.1, attention_dropout=0.1):
 
 
 def model_config(variant="base"):
-  """The model's architecture (SPEC §1). Released InterBERT is `base`."""
+  """The model's architecture (docs/reference_notes.md, Model facts 1). Released InterBERT is `base`."""
   m = ml_collections.ConfigDict()
   m.vocab_size = 30522
   m.hidden_size = 768
@@ -69,7 +69,7 @@ def model_config(variant="base"):
 
 
 def data_config(variant="base"):
-  """Input pipeline and InterBERT's masking (SPEC §2, §5)."""
+  """Input pipeline and InterBERT's masking (docs/reference_notes.md, Model facts 2 and 5)."""
   d = ml_collections.ConfigDict()
   d.dir = ""                           # prepared dataset (interbert_jax.data.prepare); "" = synthetic.
   d.train_split = "train"

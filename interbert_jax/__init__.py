@@ -11,15 +11,15 @@ from interbert_jax.model import build_model
 
 
 def load_checkpoint(path):
-  """-> (model, params, model_config); see interbert_jax.checkpoint_io.load_checkpoint."""
-  from interbert_jax import checkpoint_io
-  return checkpoint_io.load_checkpoint(path)
+  """-> (model, params, model_config); see interbert_jax.model_files.load_checkpoint."""
+  from interbert_jax.checkpoints import model_files
+  return model_files.load_checkpoint(path)
 
 
 def save_checkpoint(path, params, model_config):
-  """See interbert_jax.checkpoint_io.save_checkpoint."""
-  from interbert_jax import checkpoint_io
-  return checkpoint_io.save_checkpoint(path, params, model_config)
+  """See interbert_jax.model_files.save_checkpoint."""
+  from interbert_jax.checkpoints import model_files
+  return model_files.save_checkpoint(path, params, model_config)
 
 
 __all__ = ["build_model", "load_checkpoint", "save_checkpoint"]

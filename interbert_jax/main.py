@@ -1,6 +1,6 @@
 r"""InterBERT pretraining: one trainer, read top to bottom.
 
-  python -m interbert_jax.main --config=configs/pretrain.py:tiny --workdir=/tmp/interbert_tiny
+  python -m interbert_jax.main --config=configs/pretrain.py:tiny --workdir=workdirs/tiny
   python -m interbert_jax.main --config=configs/pretrain.py:base --workdir=gs://bucket/run \
       --config.data.dir=/data/cc_prepared --config.init_from=/ckpt/bert_base_converted \
       --config.mesh.fsdp=8
@@ -10,36 +10,39 @@ log step, eval_* keys at eval steps), tb/ (TensorBoard), checkpoints/<step>/ (or
 `params` readable by interbert_jax.load_checkpoint). Re-running the same command resumes
 from the latest checkpoint and reaches bitwise the same parameters as an uninterrupted run.
 SIGTERM saves a checkpoint and exits 0. A non-finite loss stops the run (exit 1) without
-touching the last good checkpoint.
+touching the last good checkpoint. A bad config exits 2 before anything is built.
+Library logs (orbax, TensorFlow) are hidden unless -v 1.
 """
-import functools
-import logging as pylogging
 import math
+import os
 import sys
 import time
 
-from absl import app
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow (TFDS) is imported
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from etils import epath
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
 import interbert_jax
+from interbert_jax.checkpoints import init_from as init_from_lib
+from interbert_jax.checkpoints import run_state
 from interbert_jax.data import pipeline
-from interbert_jax.objectives import losses
+from interbert_jax.evaluation import pretraining as pretraining_eval
 from interbert_jax.parallel import distributed
 from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.parallel import partitioning
-from interbert_jax.training import checkpointing
 from interbert_jax.training import config_validation
 from interbert_jax.training import flops as flops_lib
-from interbert_jax.training import init_from as init_from_lib
+from interbert_jax.training import log_filter
 from interbert_jax.training import metrics as metrics_lib
 from interbert_jax.training import optimizer as optimizer_lib
+from interbert_jax.training import preemption as preemption_lib
 from interbert_jax.training import state as state_lib
 from interbert_jax.training import train_step as train_step_lib
 
@@ -73,7 +76,69 @@ def _write_config(workdir: str, config) -> None:
       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
-def train(config, workdir: str) -> dict:
+def init_or_restore(config, model, tx, ckpt, start_step, mesh):
+  """-> (state, train_rng, abstract state, state shardings); restored when start_step > 0.
+
+  Keys travel as raw key data in global replicated arrays (valid jit inputs multi-host).
+  """
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  init_rng = partitioning.replicate(jax.random.key_data(init_rng), mesh)
+  train_rng = partitioning.replicate(jax.random.key_data(train_rng), mesh)
+  abstract, state_sh = state_lib.abstract_state(model, tx, mesh, init_rng)
+  logging.info("parameters: %s", f"{interbert_jax.model.count_params(abstract['params']):,}")
+  if start_step > 0:
+    state, train_rng, data_state = ckpt.restore(start_step, abstract,
+                                                partitioning.replicated(mesh))
+    logging.info("resumed from %s/%d (data position %s)", ckpt.directory, start_step,
+                 data_state)
+    return state, train_rng, abstract, state_sh
+  state = state_lib.create_state(model, tx, state_sh, init_rng)
+  if config.init_from:
+    # Only parameters come from the checkpoint; Adam moments stay zero.
+    state["params"] = init_from_lib.load_init_params(config.init_from, state["params"])
+  return state, train_rng, abstract, state_sh
+
+
+def compile_train_step(config, model, opt, abstract, state_sh, batch_shapes, train_rng, mesh):
+  """The jitted, sharded, donating update step, compiled once; logs its memory."""
+  t0 = time.perf_counter()
+  compiled = train_step_lib.compile_train_step(config, model, opt, abstract, state_sh,
+                                               batch_shapes, train_rng, mesh)
+  memory = compiled.memory_analysis()
+  logging.info("train step compiled in %.1fs; per device: %.1f MB arguments, %.1f MB temp",
+               time.perf_counter() - t0,
+               getattr(memory, "argument_size_in_bytes", float("nan")) / 2**20,
+               getattr(memory, "temp_size_in_bytes", float("nan")) / 2**20)
+  return compiled
+
+
+def flops_and_peak(config, compiled) -> tuple[float, float]:
+  """(analytic train FLOPs per example, peak FLOP/s per device) for the MFU metric."""
+  flops_per_example = flops_lib.train_flops_per_example(config)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  compiled_flops = float((cost or {}).get("flops", float("nan")))
+  peak = float(config.peak_flops_per_device) or flops_lib.measure_peak_flops(config.model.dtype)
+  logging.info("FLOPs/example %.3e (analytic; compiled %.3e per device-step); peak %.3e "
+               "FLOP/s per device (%s)", flops_per_example, compiled_flops, peak,
+               "config" if config.peak_flops_per_device else "measured matmul")
+  return flops_per_example, peak
+
+
+def check_finite(window: list[dict], step: int, writer, ckpt) -> None:
+  """Raises NonFiniteLossError at the first non-finite loss of the window ending at `step`."""
+  values = [float(x) for x in jax.device_get([m["loss"] for m in window])]
+  bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+  if bad:
+    first_bad = step - len(window) + bad[0] + 1
+    writer.write(first_bad, {"loss": values[bad[0]]})
+    raise NonFiniteLossError(
+        f"non-finite loss ({values[bad[0]]}) at step {first_bad}: stopping. The last good "
+        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower "
+        "config.optimizer.learning_rate or check the data.")
+
+
+def train(config, workdir: str):
   """Runs (or resumes) pretraining; returns the final train state (None if already done)."""
   # ------------------------------------------------------------------ logging & checks
   process, num_processes = jax.process_index(), jax.process_count()
@@ -83,129 +148,62 @@ def train(config, workdir: str) -> dict:
   if is_main:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
     _write_config(workdir, config)
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   logging.info("process %d/%d, devices: %d global, %d local (%s)", process, num_processes,
                jax.device_count(), jax.local_device_count(), jax.devices()[0].platform)
 
   # ------------------------------------------------------------------ mesh
   mesh = mesh_lib.create_mesh(config.mesh)
-  rules = partitioning.logical_axis_rules()
   logging.info("mesh %s", dict(mesh.shape))
 
   # ------------------------------------------------------------------ checkpoint (position)
-  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  ckpt = run_state.Checkpointer(workdir, config.keep_checkpoints)
   start_step = ckpt.latest_step() or 0
   if start_step >= config.total_steps:
     logging.info("checkpoint at step %d >= total_steps=%d: nothing to do.", start_step,
                  config.total_steps)
     ckpt.close()
-    writer.close()
     return None
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
+    try:
+      return _train_loop(config, mesh, ckpt, writer, start_step, process, num_processes)
+    finally:
+      ckpt.close()
+      writer.close()
 
+
+def _train_loop(config, mesh, ckpt, writer, start_step, process, num_processes):
   # ------------------------------------------------------------------ input
   # Batch k is a pure function of (config, k, process): resuming is start_step=k.
   train_iter = pipeline.train_iterator(config, start_step=start_step, process_index=process,
                                        process_count=num_processes)
-  first_host_batch = next(train_iter)
+  host_batch = next(train_iter)
   batch_shapes = {k: jax.ShapeDtypeStruct((v.shape[0] * num_processes,) + v.shape[1:], v.dtype)
-                  for k, v in first_host_batch.items()}
-  logging.info("batch: %s", {k: (s.shape, str(s.dtype)) for k, s in batch_shapes.items()})
+                  for k, v in host_batch.items()}
+  logging.info("batch: %s", " ".join(f"{k}{list(s.shape)}" for k, s in batch_shapes.items()))
 
-  # ------------------------------------------------------------------ model & optimizer
+  # ------------------------------------------------------------------ model, optimizer, state
   model = interbert_jax.build_model(config.model)
   opt = optimizer_lib.build_optimizer(config)
-  rng = jax.random.key(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
-  # Keys travel as raw key data in global replicated arrays (valid jit inputs multi-host).
-  init_rng = partitioning.replicate(jax.random.key_data(init_rng), mesh)
-  train_rng = partitioning.replicate(jax.random.key_data(train_rng), mesh)
+  state, train_rng, abstract, state_sh = init_or_restore(config, model, opt.tx, ckpt,
+                                                         start_step, mesh)
 
-  # ------------------------------------------------------------------ sharding
-  batch_sh = partitioning.batch_sharding(mesh)
-  repl = partitioning.replicated(mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, state_sh = state_lib.abstract_state(model, opt.tx, batch_shapes, mesh, init_rng)
-  num_params = state_lib.count_params(abstract["params"])
-  logging.info("parameters: %s", f"{num_params:,}")
-  logging.info("param shardings: %s",
-               {jax.tree_util.keystr(p): str(s.spec) for p, s in
-                jax.tree_util.tree_flatten_with_path(state_sh["params"])[0][:12]})
-
-  # ------------------------------------------------------------------ checkpoint (state)
-  if start_step > 0:
-    state, train_rng, data_state = ckpt.restore(start_step, abstract, repl)
-    logging.info("resumed from %s/%d (data position %s)", ckpt.directory, start_step, data_state)
-  else:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      state = state_lib.create_state(model, opt.tx, batch_shapes, state_sh, init_rng)
-    if config.init_from:
-      state["params"] = init_from_lib.load_init_params(config.init_from, state["params"])
-      # Adam moments stay zero; only parameters come from the checkpoint.
-
-  # ------------------------------------------------------------------ update step
-  step_fn = functools.partial(
-      train_step_lib.train_step, model=model, tx=opt.tx, schedule=opt.schedule, config=config,
-      terms_fn=losses.pretraining_terms, combine_fn=losses.combine)
-  batch_sh_tree = {k: batch_sh for k in batch_shapes}
-  t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled_step = jax.jit(
-        step_fn, in_shardings=(state_sh, batch_sh_tree, repl), out_shardings=(state_sh, repl),
-        donate_argnums=(0,)).lower(abstract, batch_shapes, train_rng).compile()
-  logging.info("train step compiled in %.1fs", time.perf_counter() - t0)
-  logging.info("memory_analysis (per device): %s", compiled_step.memory_analysis())
-  flops_per_example = flops_lib.train_flops_per_example(config)
-  cost = compiled_step.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  compiled_flops = float((cost or {}).get("flops", float("nan")))
-  logging.info("FLOPs/example: %.3e analytic (3x forward matmuls); compiled cost_analysis "
-               "%.3e per device per step", flops_per_example, compiled_flops)
-  peak = float(config.get("peak_flops_per_device", 0.0)) or flops_lib.measure_peak_flops(
-      config.model.dtype)
-  logging.info("peak FLOP/s per device for MFU: %.3e (%s)", peak,
-               "config" if config.get("peak_flops_per_device", 0.0) else "measured matmul")
-
-  # ------------------------------------------------------------------ evals
-  eval_fn = jax.jit(
-      functools.partial(train_step_lib.eval_terms, model=model, config=config,
-                        terms_fn=losses.pretraining_terms),
-      in_shardings=(state_sh["params"], batch_sh_tree), out_shardings=repl)
-
-  def run_eval(params) -> dict:
-    totals = None
-    for host_batch in pipeline.eval_iterator(config, num_batches=config.eval_batches or None,
-                                             process_index=process, process_count=num_processes):
-      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        terms = jax.device_get(eval_fn(params, partitioning.global_batch(host_batch, mesh)))
-      terms = jax.tree.map(lambda x: np.asarray(x, np.float64), terms)
-      totals = terms if totals is None else jax.tree.map(np.add, totals, terms)
-    if totals is None:
-      return {}
-    totals = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), totals)
-    _, m = losses.combine(totals, config.loss)
-    return {f"eval_{k}": float(v) for k, v in m.items()}
+  # ------------------------------------------------------------------ update step & evals
+  compiled_step = compile_train_step(config, model, opt, abstract, state_sh, batch_shapes,
+                                     train_rng, mesh)
+  flops_per_example, peak = flops_and_peak(config, compiled_step)
+  evaluate = pretraining_eval.Evaluator(config, model, mesh, state_sh["params"], batch_shapes,
+                                        process_index=process, process_count=num_processes)
 
   # ------------------------------------------------------------------ loop
-  preemption = checkpointing.PreemptionSignal()
+  preemption = preemption_lib.PreemptionSignal()
   progress = metrics_lib.Progress(config.total_steps, start_step, config.batch_size)
   window: list[dict] = []
-  host_batch = first_host_batch
-
-  def check_finite(step):
-    losses_ = [float(x) for x in jax.device_get([m["loss"] for m in window])]
-    bad = [i for i, v in enumerate(losses_) if not math.isfinite(v)]
-    if bad:
-      first_bad = step - len(window) + bad[0] + 1
-      writer.write(first_bad, {"loss": losses_[bad[0]]})
-      raise NonFiniteLossError(
-          f"non-finite loss ({losses_[bad[0]]}) at step {first_bad}: stopping. The last good "
-          f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower "
-          "config.optimizer.learning_rate or check the data.")
 
   def save(step, reason):
-    check_finite(step)
+    check_finite(window, step, writer, ckpt)
     if ckpt.save(step, state, train_rng, data_state={"step": step}):
-      logging.info("checkpoint %d started (%s)", step, reason)
+      logging.info("checkpoint %d saved to %s (%s)", step, ckpt.directory, reason)
 
   step = start_step
   try:
@@ -219,7 +217,7 @@ def train(config, workdir: str) -> dict:
         host_batch = next(train_iter)   # Overlaps with the async device step.
 
       if step % config.log_every_steps == 0 or step == config.total_steps:
-        check_finite(step)
+        check_finite(window, step, writer, ckpt)
         scalars = _mean_metrics(window)
         rates = progress.update(step)
         scalars["examples_per_sec"] = rates["examples_per_sec"]
@@ -233,7 +231,7 @@ def train(config, workdir: str) -> dict:
 
       if config.eval_every_steps and (step % config.eval_every_steps == 0
                                       or step == config.total_steps):
-        eval_scalars = run_eval(state["params"])
+        eval_scalars = evaluate(state["params"])
         if eval_scalars:
           writer.write(step, eval_scalars)
           logging.info("eval at step %d: %s", step,
@@ -248,8 +246,6 @@ def train(config, workdir: str) -> dict:
           or step == config.total_steps:
         save(step, "periodic" if step < config.total_steps else "final")
   finally:
-    ckpt.close()
-    writer.close()
     preemption.restore_handler()
   return state
 
@@ -257,8 +253,8 @@ def train(config, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  log_filter.install()
   distributed.maybe_initialize(_DISTRIBUTED.value)
-  pylogging.getLogger("absl").setLevel(pylogging.INFO)
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py:tiny")
@@ -267,7 +263,8 @@ def main(argv):
   try:
     train(config, _WORKDIR.value)
   except (config_validation.ConfigError, pipeline.PipelineConfigError) as e:
-    sys.exit(f"error: {e}")
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   except NonFiniteLossError as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

@@ -4,17 +4,16 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import pretrain  # noqa: E402
+from configs import pretrain
 
-import interbert_jax  # noqa: E402
-from interbert_jax.model import dummy_inputs, scan_params  # noqa: E402
+import interbert_jax
+from interbert_jax.model import dummy_inputs, scan_params
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +25,6 @@ def tiny_params():
   return cfg, params["params"]
 
 
-def _equal(a, b):
-  return jax.tree.structure(a) == jax.tree.structure(b) and jax.tree.all(
-      jax.tree.map(lambda x, y: x.dtype == y.dtype and bool((np.asarray(x) == np.asarray(y))
-                                                             .all()), a, b))
-
 
 def test_save_load_roundtrip(tmp_path, tiny_params):
   cfg, params = tiny_params
@@ -38,7 +32,7 @@ def test_save_load_roundtrip(tmp_path, tiny_params):
   assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["hidden_size"] == cfg.hidden_size
   model, loaded, loaded_cfg = interbert_jax.load_checkpoint(str(tmp_path / "ckpt"))
   assert loaded_cfg.to_dict() == cfg.to_dict()
-  assert _equal(loaded, params)
+  chex.assert_trees_all_equal(loaded, params, strict=True)
   inputs = dummy_inputs(cfg, 2, 4, 3)
   run = jax.jit(lambda p: model.apply({"params": p}, **inputs)["itm_logits"])
   np.testing.assert_array_equal(run(loaded), run(params))
@@ -63,7 +57,7 @@ def test_load_training_step_dir_with_scanned_params(tmp_path, tiny_params):
   for path in (workdir / "checkpoints" / "200", workdir / "checkpoints" / "200" / "params"):
     _, loaded, loaded_cfg = interbert_jax.load_checkpoint(path)
     assert loaded_cfg.scan_layers is True
-    assert _equal(loaded, stacked)
+    chex.assert_trees_all_equal(loaded, stacked, strict=True)
 
 
 def test_missing_config_is_a_clear_error(tmp_path):

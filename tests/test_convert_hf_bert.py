@@ -11,7 +11,7 @@ import pytest
 
 from configs.pretrain import model_config
 from interbert_jax import build_model, load_checkpoint
-from interbert_jax.convert import checkpoints
+from interbert_jax.convert import commands
 from interbert_jax.convert.__main__ import main as cli_main
 from interbert_jax.convert.tensor_io import read_state_dict
 
@@ -123,7 +123,7 @@ def test_mlm_head_and_prefixed_names(tmp_path):
     for p in hf.parameters():  # move every tensor off its trivial init
       p.add_(0.2 * torch.randn_like(p))
   hf.save_pretrained(tmp_path / "mlm")
-  params, m, report = checkpoints.hf_bert_checkpoint(
+  params, m, report = commands.hf_bert_checkpoint(
       str(tmp_path / "mlm"), 2, 1, image_layers=1, config_variant="tiny")
   assert report["converted"] == ["embeddings", "single_stream", "text_stream", "msm_head"]
   # The image stream keeps the variant's head count when it divides BERT's hidden size (24).
@@ -172,7 +172,7 @@ def test_scanned_layout(converted):
   _, params, m = converted
   m = ml_collections.ConfigDict(m.to_dict())
   m.scan_layers = True
-  scanned = checkpoints.finalize(jax.tree.map(np.asarray, params), m, "test")
+  scanned = commands.finalize(jax.tree.map(np.asarray, params), m, "test")
   q = scanned["text_stream"]["layers"]["attention"]["query"]["kernel"]
   assert q.shape == (3, 384, 12, 32)
   np.testing.assert_array_equal(

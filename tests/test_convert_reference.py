@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from interbert_jax import build_model, load_checkpoint, save_checkpoint
-from interbert_jax.convert import checkpoints, model_configs, reference
+from interbert_jax.convert import commands, model_configs, reference
+from interbert_jax.model import param_shapes
 from interbert_jax.convert.__main__ import main as cli_main
 from interbert_jax.convert.tensor_io import ConversionError
 
@@ -97,7 +98,7 @@ def scanned(safetensors_sd):
   m = model_configs.from_reference(json.loads((FIX / "config.json").read_text()),
                                    model_configs.variant_model_config("base"))
   m.scan_layers = True
-  params = checkpoints.finalize(reference.reference_to_params(safetensors_sd, m), m, "fixture")
+  params = commands.finalize(reference.reference_to_params(safetensors_sd, m), m, "fixture")
   return params, m
 
 
@@ -137,7 +138,7 @@ def test_round_trip_safetensors_from_scanned_is_bitwise(scanned, safetensors_sd,
   params, m = scanned
   save_checkpoint(tmp_path / "scanned", params, m)
   out = str(tmp_path / "back.safetensors")
-  checkpoints.to_reference_checkpoint(str(tmp_path / "scanned"), out)
+  commands.to_reference_checkpoint(str(tmp_path / "scanned"), out)
   from safetensors.numpy import load_file
   back = load_file(out)
   assert sorted(back) == sorted(safetensors_sd)
@@ -174,7 +175,7 @@ def test_untied_decoder_is_refused(safetensors_sd):
 
 def test_released_config_maps_to_157m_parameters():
   """bert_base_6layer_interbert.json (values copied from the reference) -> our base model
-  with exactly the reference's parameter count (SPEC §1: 157,021,565)."""
+  with exactly the reference's parameter count (docs/reference_notes.md: 157,021,565)."""
   released = dict(
       attention_probs_dropout_prob=0.1, hidden_act="gelu", hidden_dropout_prob=0.1,
       hidden_size=768, initializer_range=0.02, intermediate_size=3072,
@@ -187,7 +188,7 @@ def test_released_config_maps_to_157m_parameters():
   m = model_configs.from_reference(released, model_configs.variant_model_config("base"))
   assert (m.pooler_dim, m.fusion, m.image_stream.heads, m.image_stream.hidden_dropout) == (
       1024, "mul", 8, 0.2)
-  shapes = checkpoints.model_param_shapes(m)
+  shapes = param_shapes(m)
   assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) == 157_021_565
 
 

@@ -1,4 +1,4 @@
-"""InterBERT masking (SPEC §2) checked by its statistics and on hand-made boxes."""
+"""InterBERT masking (docs/reference_notes.md, Model facts 2) checked by its statistics and on hand-made boxes."""
 import types
 
 import numpy as np
@@ -41,7 +41,7 @@ def test_span_start_and_length_distribution():
   # Length uniform in [1, n], clipped at the end: E[targets] = sum over s, l of min(l, n - s).
   exact = np.mean([[min(l, n - s) for l in range(1, n + 1)] for s in range(n + 1)])
   assert abs(masks.sum(1).mean() - exact) < 0.06
-  assert abs(exact / n - 0.35) < 0.03      # SPEC: about 35% of the tokens.
+  assert abs(exact / n - 0.35) < 0.03      # Model facts 2: about 35% of the tokens.
   # A run never wraps: exactly one contiguous span when not empty.
   assert all(len(_runs(m)) == 1 for m in masks[~empty][:2000])
   # Unclipped lengths (start 0) are uniform over 1..n.

@@ -1,7 +1,5 @@
 """InterBERT model: parameter count, shapes, variants, scan/remat equivalence, dtypes,
 logical axis names."""
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,12 +7,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-import pretrain  # noqa: E402
+from configs import pretrain
 
-import interbert_jax  # noqa: E402
-from interbert_jax import objectives  # noqa: E402
-from interbert_jax.model import count_params, dummy_inputs, scan_params, unscan_params  # noqa: E402
+import interbert_jax
+from interbert_jax import objectives
+from interbert_jax.model import count_params, dummy_inputs, scan_params, unscan_params
 
 B, T, R, P = 4, 8, 5, 3
 

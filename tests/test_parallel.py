@@ -6,7 +6,6 @@ must give the same losses and parameters. Tolerance: sharded reductions sum in a
 order, so float32 round-off differs: losses rtol 2e-5, parameters atol 2e-5 (the updates
 are ~1e-3, so a real layout bug shows up orders of magnitude above it).
 """
-import functools
 
 import flax.linen as nn
 import jax
@@ -15,18 +14,16 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import interbert_jax
+import train_helpers
 from configs.pretrain import get_config, model_config
 from interbert_jax.data import pipeline
-from interbert_jax.objectives import losses
 from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.parallel import partitioning
 from interbert_jax.training import optimizer as optimizer_lib
 from interbert_jax.training import state as state_lib
-from interbert_jax.training import train_step as train_step_lib
 
 NUM_STEPS = 3
 # Halves CPU compile time; both sides of every comparison are compiled the same way.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _mesh(data, fsdp, tensor, devices=None):
@@ -95,7 +92,7 @@ def test_state_shardings_follow_rules(tiny_config, host_batches):
   model = interbert_jax.build_model(tiny_config.model)
   opt = optimizer_lib.build_optimizer(tiny_config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
-    _, sh = state_lib.abstract_state(model, opt.tx, _batch_shapes(host_batches[0]), mesh,
+    _, sh = state_lib.abstract_state(model, opt.tx, mesh,
                                      jax.random.key(0))
   p = sh["params"]
   assert p["embeddings"]["word_embeddings"]["embedding"].spec == P("tensor", "fsdp")
@@ -144,25 +141,8 @@ def test_global_batch_is_sharded_over_data_and_fsdp(host_batches):
 
 def _run(config, mesh, batches):
   """NUM_STEPS sharded train steps from a fixed init; returns (losses, params on host)."""
-  model = interbert_jax.build_model(config.model)
-  opt = optimizer_lib.build_optimizer(config)
-  shapes = _batch_shapes(batches[0])
-  step_fn = functools.partial(
-      train_step_lib.train_step, model=model, tx=opt.tx, schedule=opt.schedule, config=config,
-      terms_fn=losses.pretraining_terms, combine_fn=losses.combine)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
-    abstract, sh = state_lib.abstract_state(model, opt.tx, shapes, mesh, jax.random.key(0))
-    state = state_lib.create_state(model, opt.tx, shapes, sh, jax.random.key(0))
-    repl = partitioning.replicated(mesh)
-    batch_sh = {k: partitioning.batch_sharding(mesh) for k in shapes}
-    compiled = jax.jit(step_fn, in_shardings=(sh, batch_sh, repl), out_shardings=(sh, repl),
-                       donate_argnums=(0,)).lower(abstract, shapes, jax.random.key(1)).compile(
-                           compiler_options=FAST_COMPILE)
-  history = []
-  for b in batches:
-    state, metrics = compiled(state, partitioning.global_batch(b, mesh), jax.random.key(1))
-    history.append(jax.device_get(metrics))
-  return history, jax.device_get(state["params"])
+  history, state = train_helpers.run_steps(config, mesh, batches)
+  return history, state["params"]
 
 
 @pytest.fixture(scope="module")

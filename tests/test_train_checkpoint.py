@@ -1,8 +1,8 @@
 """Training checkpoints: restore onto another mesh (8 devices -> 1 -> 8), keep-N, the
 layout load_checkpoint reads, and init_from merging."""
-import json
 import os
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,7 @@ from configs.pretrain import get_config
 from interbert_jax.model.interbert import dummy_inputs
 from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.parallel import partitioning
-from interbert_jax.training import checkpointing
-from interbert_jax.training import init_from as init_from_lib
+from interbert_jax.checkpoints import init_from, run_state
 from interbert_jax.training import optimizer as optimizer_lib
 from interbert_jax.training import state as state_lib
 
@@ -38,7 +37,7 @@ def setup():
 def _abstract(setup, mesh):
   config, model, opt, shapes = setup
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
-    return state_lib.abstract_state(model, opt.tx, shapes, mesh, jax.random.key(0))
+    return state_lib.abstract_state(model, opt.tx, mesh, jax.random.key(0))
 
 
 def _random_state(setup, mesh):
@@ -54,7 +53,7 @@ def _random_state(setup, mesh):
 
 
 def _assert_equal(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+  chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
 
 
 def test_restore_onto_other_meshes(setup, tmp_path):
@@ -62,7 +61,7 @@ def test_restore_onto_other_meshes(setup, tmp_path):
   mesh8 = mesh_lib.create_mesh(dict(data=2, fsdp=2, tensor=2))
   state = _random_state(setup, mesh8)
   rng = partitioning.replicate(jax.random.key_data(jax.random.key(42)), mesh8)
-  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  ckpt = run_state.Checkpointer(str(tmp_path), keep=2)
   assert ckpt.save(3, state, rng, data_state={"epoch_hint": 0})
   ckpt.wait()
   host = jax.device_get(state)
@@ -97,7 +96,7 @@ def test_restore_onto_other_meshes(setup, tmp_path):
 def test_keep_n_and_skip_existing(setup, tmp_path):
   mesh1 = mesh_lib.create_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   state = _random_state(setup, mesh1)
-  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  ckpt = run_state.Checkpointer(str(tmp_path), keep=2)
   rng = partitioning.replicate(jax.random.key_data(jax.random.key(0)), mesh1)
   for step in (1, 2, 3, 4):
     assert ckpt.save(step, dict(state, step=jnp.asarray(step, jnp.int32)), rng)
@@ -116,23 +115,23 @@ def _params_like():
 
 
 def test_init_from_merges_partial_checkpoints():
-  merged = init_from_lib.merge_params(_params_like(), {"embeddings": {"word": np.full((4, 2), 5.0)}})
+  merged = init_from.merge_params(_params_like(), {"embeddings": {"word": np.full((4, 2), 5.0)}})
   np.testing.assert_array_equal(merged["embeddings"]["word"], np.full((4, 2), 5.0))
   np.testing.assert_array_equal(merged["image_stream"]["k"], np.ones(3))   # kept
 
 
 def test_init_from_shape_mismatch_names_the_parameter():
   with pytest.raises(ValueError, match=r"embeddings/word has shape \(5, 2\)"):
-    init_from_lib.merge_params(_params_like(), {"embeddings": {"word": np.zeros((5, 2))}})
+    init_from.merge_params(_params_like(), {"embeddings": {"word": np.zeros((5, 2))}})
 
 
 def test_init_from_unknown_parameter():
   with pytest.raises(ValueError, match=r"'text_stream/layer_0/x' is not in the model.*scan_layers"):
-    init_from_lib.merge_params(_params_like(), {"text_stream": {"layer_0": {"x": np.zeros(1)}}})
+    init_from.merge_params(_params_like(), {"text_stream": {"layer_0": {"x": np.zeros(1)}}})
 
 
 def test_relative_workdir_gives_absolute_checkpoint_dir(tmp_path, monkeypatch):
   # The README's quick start passes --workdir=workdirs/tiny; orbax needs absolute paths.
   monkeypatch.chdir(tmp_path)
-  assert checkpointing.checkpoint_dir("workdirs/tiny") == str(tmp_path / "workdirs/tiny/checkpoints")
-  assert checkpointing.checkpoint_dir("gs://bucket/run") == "gs://bucket/run/checkpoints"
+  assert run_state.checkpoint_dir("workdirs/tiny") == str(tmp_path / "workdirs/tiny/checkpoints")
+  assert run_state.checkpoint_dir("gs://bucket/run") == "gs://bucket/run/checkpoints"

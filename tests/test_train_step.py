@@ -3,7 +3,6 @@
 Dropout is off here so that 1 x 32 examples and 2 x 16 examples see the same network.
 Tolerance: float32, different summation order: rtol 1e-5 on metrics, atol 1e-6 on params.
 """
-import functools
 
 import flax.linen as nn
 import jax
@@ -13,16 +12,15 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import interbert_jax
+import train_helpers
 from configs.pretrain import get_config
 from interbert_jax.data import pipeline
-from interbert_jax.objectives import losses
 from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.parallel import partitioning
 from interbert_jax.training import optimizer as optimizer_lib
 from interbert_jax.training import state as state_lib
 from interbert_jax.training import train_step as train_step_lib
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 NUM_STEPS = 2
 
 
@@ -66,25 +64,7 @@ def _mesh():
 
 
 def _run(config, batches):
-  mesh = _mesh()
-  model = interbert_jax.build_model(config.model)
-  opt = optimizer_lib.build_optimizer(config)
-  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches[0].items()}
-  step_fn = functools.partial(
-      train_step_lib.train_step, model=model, tx=opt.tx, schedule=opt.schedule, config=config,
-      terms_fn=losses.pretraining_terms, combine_fn=losses.combine)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
-    abstract, sh = state_lib.abstract_state(model, opt.tx, shapes, mesh, jax.random.key(0))
-    state = state_lib.create_state(model, opt.tx, shapes, sh, jax.random.key(0))
-    repl = partitioning.replicated(mesh)
-    batch_sh = {k: partitioning.batch_sharding(mesh) for k in shapes}
-    compiled = jax.jit(step_fn, in_shardings=(sh, batch_sh, repl), out_shardings=(sh, repl)).lower(
-        abstract, shapes, jax.random.key(1)).compile(compiler_options=FAST_COMPILE)
-  history = []
-  for b in batches:
-    state, metrics = compiled(state, partitioning.global_batch(b, mesh), jax.random.key(1))
-    history.append(jax.device_get(metrics))
-  return history, jax.device_get(state)
+  return train_helpers.run_steps(config, _mesh(), batches)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +97,6 @@ def _initial_params(config, batches):
   model = interbert_jax.build_model(config.model)
   opt = optimizer_lib.build_optimizer(config)
   mesh = _mesh()
-  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batches[0].items()}
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
-    _, sh = state_lib.abstract_state(model, opt.tx, shapes, mesh, jax.random.key(0))
-    return jax.device_get(state_lib.create_state(model, opt.tx, shapes, sh, jax.random.key(0))["params"])
+    _, sh = state_lib.abstract_state(model, opt.tx, mesh, jax.random.key(0))
+    return jax.device_get(state_lib.create_state(model, opt.tx, sh, jax.random.key(0))["params"])

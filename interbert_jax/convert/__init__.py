@@ -5,7 +5,7 @@
   reference     official InterBERT PyTorch checkpoint (black4321/InterBERT) -> ours.
   to_reference  ours -> the official state dict (.bin via torch, or .safetensors), lossless.
 
-Library use: `interbert_jax.convert.checkpoints.{hf_bert_checkpoint, reference_checkpoint,
+Library use: `interbert_jax.convert.commands.{hf_bert_checkpoint, reference_checkpoint,
 to_reference_checkpoint}`; the pure tree mappings are in `reference.py` and `hf_bert.py`.
 """
 from interbert_jax.convert.tensor_io import ConversionError

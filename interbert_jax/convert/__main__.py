@@ -14,7 +14,7 @@ EXAMPLES = """examples:
   python -m interbert_jax.convert reference --checkpoint=pytorch_model_14.bin \\
       --reference_config=config/bert_base_6layer_interbert.json --output=/ckpt/interbert
   python -m interbert_jax.convert to_reference --checkpoint=/ckpt/interbert \\
-      --output=/tmp/interbert.safetensors
+      --output=workdirs/interbert.safetensors
 """
 
 
@@ -25,7 +25,8 @@ def _common(p):
                  help="variant of configs/pretrain.py giving everything the source config "
                       "does not (dtypes, remat, feature size, ...); default: base")
   p.add_argument("--config_file", default=None,
-                 help="path of configs/pretrain.py (default: the repository's)")
+                 help="a config file with get_config(variant) to use instead of the shipped "
+                      "configs/pretrain.py")
 
 
 def parser():
@@ -74,21 +75,21 @@ def main(argv=None):
   # Our progress lines at INFO; library chatter (orbax, absl) only from WARNING up.
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   logging.getLogger("interbert_jax").setLevel(logging.INFO)
-  from interbert_jax.convert import checkpoints  # pylint: disable=g-import-not-at-top
+  from interbert_jax.convert import commands  # pylint: disable=g-import-not-at-top
   from interbert_jax.convert.tensor_io import ConversionError  # pylint: disable=g-import-not-at-top
   try:
     if args.mode == "hf_bert":
-      checkpoints.hf_bert_checkpoint(
+      commands.hf_bert_checkpoint(
           args.checkpoint, args.single_stream_layers, args.text_layers, args.image_layers,
           output=args.output, seed=args.seed, scan_layers=args.scan_layers,
           config_variant=args.config_variant, config_file=args.config_file)
     elif args.mode == "reference":
-      checkpoints.reference_checkpoint(
+      commands.reference_checkpoint(
           args.checkpoint, args.reference_config, output=args.output,
           scan_layers=args.scan_layers, config_variant=args.config_variant,
           config_file=args.config_file)
     else:
-      checkpoints.to_reference_checkpoint(args.checkpoint, args.output,
+      commands.to_reference_checkpoint(args.checkpoint, args.output,
                                           args.reference_config_output)
   except (ConversionError, ValueError, OSError) as e:
     # User mistakes (paths, configs, tensors, an existing output) get one clear line.

@@ -1,4 +1,4 @@
-"""Hugging Face BERT checkpoint -> initial InterBERT params (SPEC §1 "Initialisation").
+"""Hugging Face BERT checkpoint -> initial InterBERT params (docs/reference_notes.md, "Initialisation from BERT").
 
 BERT's embeddings -> ours; layers 0..L-1 -> single stream; L..L+K_t-1 -> text stream; its MLM
 head (`cls.predictions.*`, when the checkpoint has one) -> MSM head. All other parameters

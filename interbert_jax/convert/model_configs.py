@@ -8,24 +8,24 @@ import os
 
 import ml_collections
 
+from configs import pretrain
 from interbert_jax.convert.tensor_io import ConversionError
 
-DEFAULT_CONFIG_FILE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "configs", "pretrain.py")
 # Defaults of the reference's BertConfig for keys its released JSON leaves out.
 REFERENCE_DEFAULTS = {"bi_hidden_size": 1024, "fusion_method": "mul", "predict_feature": False,
                       "v_hidden_act": "gelu"}
 
 
 def variant_model_config(variant="base", config_file=None):
-  """config.model of `configs/pretrain.py:<variant>` (loaded by path: configs/ is not a package)."""
-  path = config_file or DEFAULT_CONFIG_FILE
-  if not os.path.exists(path):
-    raise ConversionError(f"{path}: config file not found; pass --config_file=.../pretrain.py")
-  spec = importlib.util.spec_from_file_location("_interbert_pretrain_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  """config.model of `<variant>` in the shipped `configs.pretrain`, or in `config_file`
+  (a file with the same `get_config(variant)`)."""
+  module = pretrain
+  if config_file:
+    if not os.path.exists(config_file):
+      raise ConversionError(f"--config_file={config_file}: file not found")
+    spec = importlib.util.spec_from_file_location("_interbert_user_config", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
   try:
     return module.get_config(variant).model
   except ValueError as e:

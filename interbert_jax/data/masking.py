@@ -1,4 +1,5 @@
-"""InterBERT's masking and region preprocessing (SPEC §2), as pure numpy functions.
+"""InterBERT's masking and region preprocessing as pure numpy functions
+(docs/reference_notes.md, Model facts 2).
 
 Every function takes an explicit `np.random.Generator`; the pipeline derives one per
 example from (data.seed, epoch, global position), so masks are reproducible and do not
@@ -30,6 +31,9 @@ from __future__ import annotations
 import numpy as np
 
 GLOBAL_LOCATION = np.array([0.0, 0.0, 1.0, 1.0, 1.0], np.float32)
+
+MSM_STRATEGIES = ("span", "token")              # allowed config.data.msm.strategy
+MRM_STRATEGIES = ("iou", "independent")         # allowed config.data.mrm.strategy
 
 
 # ----------------------------------------------------------------------------- text (MSM)
@@ -85,15 +89,13 @@ def corrupt_targets(rng: np.random.Generator, tokens: np.ndarray, targets: np.nd
 
 
 def msm_target_mask(rng: np.random.Generator, n: int, msm_cfg) -> np.ndarray:
-  """Targets of one caption per `config.data.msm` (strategy span | token). bool [n]."""
+  """Targets of one caption per `config.data.msm` (strategy: one of MSM_STRATEGIES). bool [n]."""
   if msm_cfg.strategy == "span":
     return span_target_mask(rng, n, num_spans=msm_cfg.num_spans,
                             max_span_frac=msm_cfg.max_span_frac,
                             min_len=msm_cfg.min_caption_len)
-  if msm_cfg.strategy == "token":
-    return token_target_mask(rng, n, prob=msm_cfg.token_prob,
-                             min_len=msm_cfg.min_caption_len)
-  raise ValueError(f"config.data.msm.strategy={msm_cfg.strategy!r}: expected 'span' or 'token'")
+  return token_target_mask(rng, n, prob=msm_cfg.token_prob,   # "token"
+                           min_len=msm_cfg.min_caption_len)
 
 
 # ----------------------------------------------------------------------------- regions (MRM)
@@ -133,13 +135,10 @@ def mrm_masks(rng: np.random.Generator, boxes: np.ndarray, mrm_cfg):
     anchors = rng.random(n) < mrm_cfg.anchor_prob
     masked = iou_group_mask(box_iou(boxes), anchors, mrm_cfg.iou_threshold)
     return masked, masked
-  if mrm_cfg.strategy == "independent":
-    u = rng.random(n)
-    targets = u < mrm_cfg.independent_prob
-    zeroed = targets & (u < mrm_cfg.independent_prob * mrm_cfg.independent_zero_prob)
-    return targets, zeroed
-  raise ValueError(
-      f"config.data.mrm.strategy={mrm_cfg.strategy!r}: expected 'iou' or 'independent'")
+  u = rng.random(n)                                                 # "independent"
+  targets = u < mrm_cfg.independent_prob
+  zeroed = targets & (u < mrm_cfg.independent_prob * mrm_cfg.independent_zero_prob)
+  return targets, zeroed
 
 
 def region_locations(boxes: np.ndarray, width: float, height: float) -> np.ndarray:

@@ -64,9 +64,11 @@ def dataset_info(config) -> dict:
               class_target=meta["class_target"])
 
 
-def validate(config, meta: dict, process_count: int = 1) -> None:
-  """Checks that config and dataset fit; raises PipelineConfigError naming the key."""
-  m, d = config.model, config.data
+def validate(config, meta: dict) -> None:
+  """Checks that config and dataset fit; raises PipelineConfigError naming the key.
+
+  Checks of the config alone are in training/config_validation.py (run first)."""
+  m = config.model
   errors = []
   if meta["vocab_size"] > m.vocab_size:
     errors.append(f"dataset vocab_size {meta['vocab_size']} > config.model.vocab_size "
@@ -77,25 +79,6 @@ def validate(config, meta: dict, process_count: int = 1) -> None:
   if meta["num_classes"] != m.num_region_classes:
     errors.append(f"dataset num_classes {meta['num_classes']} != "
                   f"config.model.num_region_classes {m.num_region_classes}")
-  if config.batch_size % process_count:
-    errors.append(f"config.batch_size={config.batch_size} is not divisible by the "
-                  f"process count {process_count}")
-  if d.text_len > m.max_position_embeddings:
-    errors.append(f"config.data.text_len={d.text_len} > "
-                  f"config.model.max_position_embeddings={m.max_position_embeddings}")
-  if d.text_len < 3:
-    errors.append(f"config.data.text_len={d.text_len}: need room for [CLS] w [SEP]")
-  if not 0 <= d.max_msm_targets <= d.text_len:
-    errors.append(f"config.data.max_msm_targets={d.max_msm_targets}: must be in "
-                  f"[0, text_len={d.text_len}]")
-  if d.max_regions < 1:
-    errors.append(f"config.data.max_regions={d.max_regions}: must be >= 1")
-  if not 0.0 <= d.itm_negative_prob <= 1.0:
-    errors.append(f"config.data.itm_negative_prob={d.itm_negative_prob}: not in [0, 1]")
-  if d.msm.strategy not in ("span", "token"):
-    errors.append(f"config.data.msm.strategy={d.msm.strategy!r}: 'span' | 'token'")
-  if d.mrm.strategy not in ("iou", "independent"):
-    errors.append(f"config.data.mrm.strategy={d.mrm.strategy!r}: 'iou' | 'independent'")
   if errors:
     raise PipelineConfigError("config does not fit the dataset:\n  " + "\n  ".join(errors))
 
@@ -143,7 +126,7 @@ class _Split:
     self.adaptive = bool(d.adaptive_regions)
     self.min_regions = int(d.min_regions)
     self.conf_threshold = float(d.region_conf_threshold)
-    self.global_from_masked = bool(d.get("global_from_masked", True))
+    self.global_from_masked = bool(d.global_from_masked)
     self.T = d.text_len
     self.R = d.max_regions + 1
     self.P = d.max_msm_targets or d.text_len
@@ -299,7 +282,7 @@ class _BatchMaker:
     if not 0 <= process_index < process_count:
       raise PipelineConfigError(f"process_index {process_index} not in [0, {process_count})")
     self.split = _Split(config, split)
-    validate(config, self.split.meta, process_count)
+    validate(config, self.split.meta)
     self.kind = kind
     self.global_batch = config.batch_size
     self.host_batch = config.batch_size // process_count
@@ -318,8 +301,8 @@ class _BatchMaker:
 
 def _pool_options(config) -> dict:
   d = config.data
-  return dict(workers=int(d.get("num_workers", 0)),
-              threads=int(d.get("num_threads", 0)) or (os.cpu_count() or 1),
+  return dict(workers=int(d.num_workers),
+              threads=int(d.num_threads) or (os.cpu_count() or 1),
               prefetch=int(d.prefetch))
 
 

@@ -160,23 +160,6 @@ def read_captions(path, tokenizer, on_error) -> CaptionIndex:
   return index
 
 
-def _box_problem(record, tolerance):
-  boxes = record["boxes"]
-  w, h = float(record["width"]), float(record["height"])
-  if w <= 0 or h <= 0:
-    return f"image size {w:g}x{h:g} is not positive"
-  if record.get("normalized_boxes"):
-    tolerance = tolerance / 100.0
-  x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-  bad = ((x1 < -tolerance) | (y1 < -tolerance) | (x2 > w + tolerance)
-         | (y2 > h + tolerance) | (x2 < x1) | (y2 < y1) | ~np.isfinite(boxes).all(1))
-  if bad.any():
-    i = int(np.argmax(bad))
-    return (f"box {i} = {boxes[i].tolist()} is outside the {w:g}x{h:g} image "
-            f"(tolerance {tolerance:g}) or inverted; {int(bad.sum())} bad boxes")
-  return None
-
-
 def checked_images(records, *, first_record, captions, policy, box_tolerance,
                    feature_dim, num_classes, has_distribution, captions_path):
   """Validates each importer record (dims, finite, boxes, duplicates) before writing.
@@ -216,7 +199,8 @@ def checked_images(records, *, first_record, captions, policy, box_tolerance,
                           f"features exceed the float16 range (|x| > {schema.FLOAT16_MAX:g})")
       if has_distribution and not np.isfinite(record["cls_prob"]).all():
         raise RecordError(source, "non_finite_features", "cls_prob contains NaN/inf")
-      problem = _box_problem(record, box_tolerance)
+      problem = schema.box_problem(record["boxes"], record["width"], record["height"],
+                                   box_tolerance)
       if problem:
         raise RecordError(source, "box_outside_image", problem)
       if not has_distribution:

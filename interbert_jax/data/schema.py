@@ -209,7 +209,30 @@ class Captions(NamedTuple):
     return np.diff(self.offsets)
 
 
-def _captions_path(data_dir, split):
+def box_problem(boxes: np.ndarray, width: float, height: float, tolerance: float):
+  """None if the [N, 4] pixel boxes (x1, y1, x2, y2) fit the image, else what is wrong.
+
+  `tolerance` is in pixels; an image of size 1x1 holds normalised boxes (importers set
+  width = height = 1 when the source has no pixel size), for which it is tolerance / 100.
+  The one rule shared by `prepare` (before writing) and `validate` (after).
+  """
+  w, h = float(width), float(height)
+  if w <= 0 or h <= 0:
+    return f"image size {w:g}x{h:g} is not positive"
+  if w <= 1 and h <= 1:
+    tolerance = tolerance / 100.0
+  x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+  bad = ((x1 < -tolerance) | (y1 < -tolerance) | (x2 > w + tolerance)
+         | (y2 > h + tolerance) | (x2 < x1) | (y2 < y1) | ~np.isfinite(boxes).all(1))
+  if bad.any():
+    i = int(np.argmax(bad))
+    return (f"box {i} = {boxes[i].tolist()} is outside the {w:g}x{h:g} image "
+            f"(tolerance {tolerance:g}) or inverted; {int(bad.sum())} bad boxes")
+  return None
+
+
+def captions_path(data_dir, split):
+  """DIR/<split>_captions.npz."""
   return os.path.join(data_dir, f"{split}_captions.npz")
 
 
@@ -345,7 +368,7 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
 
   shutil.rmtree(final_dir, ignore_errors=True)
   os.rename(tmp_dir, final_dir)
-  os.replace(cap_tmp, _captions_path(out_dir, split))
+  os.replace(cap_tmp, captions_path(out_dir, split))
   info = {"images": n, "captions": len(cap_lengths),
           "images_without_captions": without_captions, "skipped": dict(skipped or {}),
           "num_shards": total}
@@ -415,7 +438,7 @@ def open_images(data_dir, split) -> ImageSource:
 
 def load_captions(data_dir, split) -> Captions:
   """Loads DIR/<split>_captions.npz into memory, checking its internal consistency."""
-  path = _captions_path(data_dir, split)
+  path = captions_path(data_dir, split)
   if not os.path.exists(path):
     raise DatasetError(f"{path}: missing (captions of split {split!r})")
   with np.load(path) as z:

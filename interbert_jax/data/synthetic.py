@@ -41,14 +41,14 @@ def synthetic_params(config) -> dict:
       feature_dim=int(config.model.feature_dim),
       num_classes=int(config.model.num_region_classes),
       caption_len=int(config.data.text_len) - 2,
-      max_regions=int(s.get("max_regions_per_image", 0) or config.data.max_regions),
-      fill_regions=int(s.get("fill_regions", 0)),
-      noise=float(s.get("noise", 0.3)),
-      min_objects=int(s.get("min_objects", 2)), max_objects=int(s.get("max_objects", 4)),
-      max_clutter=int(s.get("max_clutter", 2)),
-      spatial_order=bool(s.get("spatial_order", False)),
-      num_object_classes=int(s.get("num_object_classes", 0) or len(world.CLASSES)),
-      num_attributes=int(s.get("num_attributes", 0) or len(world.ATTRIBUTES)),
+      max_regions=int(s.max_regions_per_image or config.data.max_regions),
+      fill_regions=int(s.fill_regions),
+      noise=float(s.noise),
+      min_objects=int(s.min_objects), max_objects=int(s.max_objects),
+      max_clutter=int(s.max_clutter),
+      spatial_order=bool(s.spatial_order),
+      num_object_classes=int(s.num_object_classes or len(world.CLASSES)),
+      num_attributes=int(s.num_attributes or len(world.ATTRIBUTES)),
       # The world's word lists, so that editing them never reuses a stale cache.
       world=hashlib.sha256(" ".join(world.vocab_tokens()).encode()).hexdigest()[:12])
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+from interbert_jax.data.tokenizer import SPECIAL_TOKENS
+
 # Adjacent pairs are each other's "confusable" class (the detector mixes them up).
 CLASSES = ("dog", "cat", "car", "bus", "tree", "bush", "house", "tower", "bird", "kite",
            "horse", "cow", "boat", "ship", "chair", "bench", "table", "desk", "cup",
@@ -41,7 +42,7 @@ def vocab_tokens():
     for phrase in group:
       words.update(phrase)
   words.add("a")
-  return list(SPECIALS) + sorted(words)
+  return list(SPECIAL_TOKENS) + sorted(words)
 
 
 def num_detector_classes_needed():

@@ -78,7 +78,7 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems):
     problems.append(str(e))
     caps = None
   if caps is not None:
-    cap_path = os.path.join(data_dir, f"{split}_captions.npz")
+    cap_path = schema.captions_path(data_dir, split)
     stats["captions"] = len(caps)
     if len(caps) != info.get("captions"):
       problems.append(f"{cap_path}: {len(caps)} captions but metadata.json says "
@@ -122,11 +122,9 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems):
     if rec["boxes"].shape != (nb, 4):
       problems.append(f"{label}: boxes shape {rec['boxes'].shape}, expected ({nb}, 4)")
     else:
-      b, w, h = rec["boxes"], float(rec["width"]), float(rec["height"])
-      tol = box_tolerance if w > 1 or h > 1 else box_tolerance / 100.0
-      if ((b[:, :2] < -tol).any() or (b[:, 2] > w + tol).any()
-          or (b[:, 3] > h + tol).any()):
-        problems.append(f"{label}: boxes outside the {w:g}x{h:g} image")
+      problem = schema.box_problem(rec["boxes"], rec["width"], rec["height"], box_tolerance)
+      if problem:
+        problems.append(f"{label}: {problem}")
     if want_dist != ("cls_prob" in rec):
       problems.append(f"{label}: cls_prob {'missing' if want_dist else 'present'} but "
                       f"class_target is {meta['class_target']!r}")

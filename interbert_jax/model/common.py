@@ -9,17 +9,24 @@ HEADS_AXES = ("batch", "length", "heads", "kv")
 MLP_AXES = ("batch", "length", "mlp")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = tuple(_DTYPES)                          # allowed model.dtype / model.param_dtype
+_REMAT = {
+    "none": None,
+    "full": None,  # Save nothing: recompute the whole layer in the backward pass.
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+REMAT_POLICIES = tuple(_REMAT)                   # allowed model.remat_policy
 
 
 def to_dtype(name):
-  """'float32' | 'bfloat16' -> jnp dtype (the config stores names so it serialises to JSON)."""
-  if name not in _DTYPES:
-    raise ValueError(f"model dtype {name!r} is not one of {sorted(_DTYPES)}")
+  """'float32' | 'bfloat16' -> jnp dtype (the config stores names so it serialises to JSON).
+  The name is checked by `interbert.model_config_errors` before any module is built."""
   return _DTYPES[name]
 
 
 def kernel_init(stddev, names):
-  """N(0, stddev) (SPEC: BERT's initializer_range), tagged with logical axis names."""
+  """N(0, stddev) (BERT's initializer_range), tagged with logical axis names."""
   return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
 
 
@@ -64,16 +71,8 @@ def constrain(x, names):
 
 
 def checkpoint_policy(name):
-  """model.remat_policy -> (use remat?, jax checkpoint policy)."""
-  policies = {
-      "none": None,
-      "full": None,  # Save nothing: recompute the whole layer in the backward pass.
-      "dots": jax.checkpoint_policies.checkpoint_dots,
-      "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-  }
-  if name not in policies:
-    raise ValueError(f"model.remat_policy={name!r} is not one of {sorted(policies)}")
-  return name != "none", policies[name]
+  """model.remat_policy (one of REMAT_POLICIES) -> (use remat?, jax checkpoint policy)."""
+  return name != "none", _REMAT[name]
 
 
 _BITS = 16  # random bits per dropout decision: two decisions per 32-bit threefry word.

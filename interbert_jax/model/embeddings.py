@@ -1,4 +1,4 @@
-"""Text (BERT) and region embeddings of InterBERT (SPEC §1)."""
+"""Text (BERT) and region embeddings of InterBERT (docs/reference_notes.md, Model facts 1)."""
 import jax.numpy as jnp
 from flax import linen as nn
 

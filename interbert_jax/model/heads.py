@@ -1,4 +1,4 @@
-"""Pretraining heads: MSM (tied decoder) and MRM (SPEC §1)."""
+"""Pretraining heads: MSM (tied decoder) and MRM (docs/reference_notes.md, Model facts 1)."""
 import jax.numpy as jnp
 from flax import linen as nn
 

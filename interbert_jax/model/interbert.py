@@ -1,7 +1,8 @@
 """The InterBERT model: embeddings -> single stream over [image ; text] -> split ->
-text and image streams -> poolers, ITM, MSM and MRM heads (SPEC §1, docs/design.md)."""
+text and image streams -> poolers, ITM, MSM and MRM heads (docs/design.md)."""
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import linen as nn
 
 from interbert_jax.model import common
@@ -93,43 +94,68 @@ class InterBert(nn.Module):
     return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 
-_CHOICES = {
-    "fusion": ("mul", "sum"),
-    "mrm_target": ("kl", "ce", "regress"),
-    "dtype": ("float32", "bfloat16"),
-    "param_dtype": ("float32", "bfloat16"),
-    "remat_policy": ("none", "full", "dots", "dots_no_batch"),
-}
-_REQUIRED = ("vocab_size", "hidden_size", "max_position_embeddings", "type_vocab_size",
-             "feature_dim", "location_dim", "num_region_classes", "pooler_dim",
-             "single_stream", "text_stream", "image_stream", "embedding_dropout",
-             "itm_dropout", "fusion", "modality_segments", "mrm_target", "layer_norm_eps",
-             "initializer_range", "dtype", "param_dtype", "scan_layers", "remat_policy")
+FUSIONS = ("mul", "sum")                         # allowed model.fusion
+MRM_TARGETS = ("kl", "ce", "regress")            # allowed model.mrm_target
+CHOICES = {"fusion": FUSIONS, "mrm_target": MRM_TARGETS, "dtype": common.DTYPES,
+           "param_dtype": common.DTYPES, "remat_policy": common.REMAT_POLICIES}
+_POSITIVE = ("vocab_size", "hidden_size", "max_position_embeddings", "type_vocab_size",
+             "feature_dim", "num_region_classes", "pooler_dim")
+_RATES = ("embedding_dropout", "itm_dropout")
+_REQUIRED = _POSITIVE + _RATES + tuple(CHOICES) + (
+    "location_dim", "single_stream", "text_stream", "image_stream", "modality_segments",
+    "layer_norm_eps", "initializer_range", "scan_layers")
 _STACK_KEYS = ("layers", "heads", "mlp_dim", "hidden_dropout", "attention_dropout")
 
 
-def validate_model_config(cfg):
-  """Raises ValueError naming the offending `model.*` key."""
-  for key in _REQUIRED:
-    if key not in cfg:
-      raise ValueError(f"model config is missing key model.{key}")
-  for key, choices in _CHOICES.items():
-    if cfg[key] not in choices:
-      raise ValueError(f"model.{key}={cfg[key]!r} is not one of {choices}")
+def _is_int(v):
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def model_config_errors(cfg, prefix="model.") -> list[str]:
+  """Every problem of a config.model, each as `<prefix><key>=<value>: why` (empty = valid).
+
+  The single home of the model's checks: `build_model` raises on them and the trainer's
+  start-up validation (training/config_validation.py) reports them with the rest.
+  """
+  missing = [k for k in _REQUIRED if k not in cfg]
+  missing += [f"{n}.{k}" for n in STACKS if n in cfg for k in _STACK_KEYS if k not in cfg[n]]
+  if missing:
+    return [f"{prefix}{k}: missing" for k in missing]
+  errors = []
+
+  def check(ok, key, value, why):
+    if not ok:
+      errors.append(f"{prefix}{key}={value!r}: {why}")
+
+  for key, choices in CHOICES.items():
+    check(cfg[key] in choices, key, cfg[key], f"must be one of {choices}")
+  for key in _POSITIVE:
+    check(_is_int(cfg[key]) and cfg[key] > 0, key, cfg[key], "must be an integer > 0")
+  for key in _RATES:
+    check(0.0 <= cfg[key] < 1.0, key, cfg[key], "must be in [0, 1)")
+  check(cfg.location_dim == 5, "location_dim", cfg.location_dim, "region locations are 5-d")
+  check(cfg.type_vocab_size >= 2 or not cfg.modality_segments, "modality_segments",
+        cfg.modality_segments, "needs model.type_vocab_size >= 2")
   for name in STACKS:
-    for key in _STACK_KEYS:
-      if key not in cfg[name]:
-        raise ValueError(f"model config is missing key model.{name}.{key}")
     st = cfg[name]
-    if st.layers < 0:
-      raise ValueError(f"model.{name}.layers={st.layers} must be >= 0")
-    if st.layers and (st.heads <= 0 or cfg.hidden_size % st.heads):
-      raise ValueError(f"model.{name}.heads={st.heads} must divide "
-                       f"model.hidden_size={cfg.hidden_size}")
-  if cfg.type_vocab_size < 2 and cfg.modality_segments:
-    raise ValueError("model.modality_segments needs model.type_vocab_size >= 2")
-  if cfg.location_dim != 5:
-    raise ValueError(f"model.location_dim={cfg.location_dim}: region locations are 5-d")
+    check(_is_int(st.layers) and st.layers >= 0, f"{name}.layers", st.layers,
+          "must be an integer >= 0")
+    if st.layers:
+      heads_ok = _is_int(st.heads) and st.heads > 0
+      check(heads_ok and _is_int(cfg.hidden_size) and cfg.hidden_size % st.heads == 0,
+            f"{name}.heads", st.heads, f"must divide model.hidden_size={cfg.hidden_size}")
+      check(_is_int(st.mlp_dim) and st.mlp_dim > 0, f"{name}.mlp_dim", st.mlp_dim,
+            "must be an integer > 0")
+    for rate in ("hidden_dropout", "attention_dropout"):
+      check(0.0 <= st[rate] < 1.0, f"{name}.{rate}", st[rate], "must be in [0, 1)")
+  return errors
+
+
+def validate_model_config(cfg):
+  """Raises ValueError listing every problem of `model_config_errors`."""
+  errors = model_config_errors(cfg)
+  if errors:
+    raise ValueError("invalid model config:\n  " + "\n  ".join(errors))
 
 
 def build_model(model_config):

@@ -2,10 +2,11 @@
 import re
 
 import jax
+from flax import linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from interbert_jax.model.interbert import STACKS
+from interbert_jax.model.interbert import STACKS, build_model, dummy_inputs
 
 _LAYER = re.compile(r"^layer_(\d+)$")
 
@@ -44,4 +45,12 @@ def unscan_params(params):
 
 def count_params(params):
   """Total number of scalars in a (possibly abstract or boxed) parameter tree."""
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def param_shapes(model_config):
+  """The (unboxed) ShapeDtypeStruct tree of `build_model(model_config)`'s params; no compute."""
+  model = build_model(model_config)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), **dummy_inputs(model.config))["params"])
+  return nn.unbox(shapes)

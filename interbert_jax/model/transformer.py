@@ -1,7 +1,6 @@
 """BERT layer (post-LN, erf GELU) and the layer stacks, scanned or unrolled, with remat."""
 import math
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 

@@ -1,4 +1,4 @@
-"""InterBERT pretraining losses and metrics (SPEC §2), as pure functions.
+"""InterBERT pretraining losses and metrics (docs/reference_notes.md), as pure functions.
 
 Every task returns a `(numerator, denominator)` pair of float32 sums over the batch, so a
 gradient-accumulation loop can add the pairs of its microbatches and divide once: the result
@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 TASKS = ("msm", "mrm", "itm")
-METRIC_KEYS = ("loss", "msm_loss", "mrm_loss", "itm_loss", "msm_acc", "mrm_acc", "itm_acc")
 
 
 def _f32(x):
@@ -34,7 +33,7 @@ def msm_terms(msm_logits, msm_targets, msm_weights):
   Returns:
     {"msm": (sum of weighted CE, sum of weights), "msm_acc": (weighted correct, weights)}.
     Normalised by `combine` to the mean CE over all target tokens of the batch, matched
-    and mismatched pairs alike (SPEC §2).
+    and mismatched pairs alike (docs/reference_notes.md).
   """
   w = _f32(msm_weights)
   ce = _cross_entropy(msm_logits, msm_targets)
@@ -79,10 +78,8 @@ def mrm_terms(mrm_logits, batch, weights, target):
     logq = jax.nn.log_softmax(_f32(mrm_logits), axis=-1)
     # xlogy gives 0 * log 0 = 0 for classes the detector gave no mass.
     per_region = jnp.sum(jax.scipy.special.xlogy(p, p) - p * logq, axis=-1)
-  elif target == "ce":
+  else:                               # "ce" (model.MRM_TARGETS; checked at start-up)
     per_region = _cross_entropy(mrm_logits, classes)
-  else:
-    raise ValueError(f"model.mrm_target={target!r} is not one of ('kl', 'ce', 'regress')")
   return {"mrm": ((per_region * weights).sum(), den),
           "mrm_acc": ((_correct(mrm_logits, classes) * weights).sum(), den)}
 
@@ -119,18 +116,13 @@ def pretraining_terms(outputs, batch, config):
   return terms
 
 
-def add_terms(a, b):
-  """Sum of two term dicts (microbatch accumulation)."""
-  return jax.tree.map(jnp.add, a, b)
-
-
 def _safe_div(num, den):
   # A batch without targets for a task (e.g. no masked region) contributes 0, not NaN.
   return num / jnp.where(den > 0, den, 1.0)
 
 
 def combine(terms, loss_config):
-  """terms -> (total loss, metrics dict with METRIC_KEYS), all float32 scalars.
+  """terms -> (total loss, metrics {loss, <task>_loss, <task>_acc}), float32 scalars.
 
   total = msm_weight * msm_loss + mrm_weight * mrm_loss + itm_weight * itm_loss, each
   loss the numerator / denominator of its term (0 when the denominator is 0).

@@ -64,12 +64,6 @@ def _to_float(v):
   return v if math.isfinite(v) else None
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """All records of DIR/metrics.jsonl (for tests and notebooks)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 class Progress:
   """Throughput and ETA between log steps."""
 
@@ -78,7 +72,6 @@ class Progress:
     self.global_batch = global_batch
     self._last_step = start_step
     self._last_time = time.perf_counter()
-    self._first_time = None
 
   def update(self, step: int) -> dict:
     """Returns {examples_per_sec, steps_per_sec, eta_seconds} since the previous call."""

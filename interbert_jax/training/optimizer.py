@@ -1,7 +1,7 @@
 """AdamW with InterBERT's schedule, per-group learning rates and the reference's quirks.
 
-Default (SPEC §3): AdamW, linear warmup over `warmup_fraction` of the steps then linear
-decay to 0, BERT-initialised weights at `learning_rate * bert_lr_multiplier`, no decay on
+Default (docs/reference_notes.md, Model facts 3): AdamW, linear warmup over
+`warmup_fraction` of the steps then linear decay to 0, BERT-initialised weights at `learning_rate * bert_lr_multiplier`, no decay on
 biases/LayerNorm, global-norm clipping. The reference's BertAdam differs in three ways,
 each behind a flag: `bias_correction=False`, `per_tensor_clipping=True`,
 `reference_decay_mask=True` (ViLBERT's inverted no-decay check decays ONLY bias/LayerNorm).
@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Top-level parameter subtrees initialised from bert-base-uncased (SPEC §1).
+OPTIMIZERS = ("adamw",)                          # allowed config.optimizer.name
+# Top-level parameter subtrees initialised from bert-base-uncased (docs/reference_notes.md).
 BERT_INITIALISED = ("embeddings", "single_stream", "text_stream", "msm_head")
 # Leaf names that hold matrices/embeddings; everything else is a bias or a LayerNorm
 # scale/bias (`*_norm`, `LayerNorm`, heads' `bias`).
@@ -88,9 +89,7 @@ class Optimizer(NamedTuple):
 
 def build_optimizer(config) -> Optimizer:
   """The optax chain for `config.optimizer` (schedule length from `config.total_steps`)."""
-  opt = config.optimizer
-  if opt.name != "adamw":
-    raise ValueError(f"config.optimizer.name={opt.name!r}: only 'adamw' is implemented.")
+  opt = config.optimizer                     # opt.name is one of OPTIMIZERS (checked at start-up)
   schedule = learning_rate_schedule(config)
   parts = []
   if float(opt.grad_clip_norm) > 0:

@@ -1,13 +1,17 @@
-"""The update step and the eval step: pure functions of (state, batch, rng).
+"""The update step: a pure function of (state, batch, rng) (evaluation: interbert_jax/evaluation).
 
 State is a plain dict {"params", "opt", "step"}. Model, optimizer and loss functions are
 explicit keyword arguments, bound with functools.partial before jax.jit (scenic style).
 """
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from interbert_jax.objectives import losses
+from interbert_jax.parallel import partitioning
 
 TermsFn = Callable[[dict, dict, Any], dict]   # (outputs, batch, config) -> {task: (num, den)}
 CombineFn = Callable[[dict, Any], tuple]      # (terms, config.loss) -> (total, metrics)
@@ -116,7 +120,20 @@ def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.Gra
   return new_state, metrics
 
 
-def eval_terms(params, batch: dict, *, model, config, terms_fn: TermsFn) -> dict:
-  """Loss-term sums {task: (num, den)} on one batch, dropout off; summed over eval batches."""
-  outputs = apply_model(model, params, batch, deterministic=True)
-  return terms_fn(outputs, batch, config)
+def compile_train_step(config, model, opt, abstract_state, state_shardings, batch_shapes, rng,
+                       mesh, compiler_options=None):
+  """`train_step` jitted with the state's and the batch's shardings, donating the state, and
+  compiled once (`.lower().compile()`) for `batch_shapes` (global ShapeDtypeStructs).
+
+  Call inside `jax.set_mesh(mesh)` and the logical-axis rules. Returns the compiled step:
+  (state, batch, rng) -> (state, metrics).
+  """
+  step_fn = functools.partial(train_step, model=model, tx=opt.tx, schedule=opt.schedule,
+                              config=config, terms_fn=losses.pretraining_terms,
+                              combine_fn=losses.combine)
+  batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch_shapes}
+  repl = partitioning.replicated(mesh)
+  return jax.jit(
+      step_fn, in_shardings=(state_shardings, batch_sh, repl),
+      out_shardings=(state_shardings, repl), donate_argnums=(0,)).lower(
+          abstract_state, batch_shapes, rng).compile(compiler_options=compiler_options)

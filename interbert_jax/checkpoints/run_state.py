@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run, auto-resume and the SIGTERM (preemption) save.
+"""Orbax checkpoints of a training run (run state) and auto-resume.
 
 Layout: `<workdir>/checkpoints/<step>/{params, train_state, data}`:
   params       orbax StandardCheckpointer tree (what `interbert_jax.load_checkpoint` reads)
@@ -7,14 +7,10 @@ Layout: `<workdir>/checkpoints/<step>/{params, train_state, data}`:
 Saves are async and atomic (written to a tmp dir, renamed on commit), so `kill -9`
 during a save leaves the previous checkpoint as the latest; keep-N prunes old steps.
 """
-import logging
 import os
-import signal
-import threading
 
 import jax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 ITEMS = ("params", "train_state", "data")
 
@@ -87,34 +83,3 @@ class Checkpointer:
   def close(self):
     self._mngr.wait_until_finished()
     self._mngr.close()
-
-
-class PreemptionSignal:
-  """SIGTERM (what TPU/GPU schedulers send before preemption) -> save and exit cleanly.
-
-  Single process: a Python handler sets a flag the loop polls. Multi-process: JAX's
-  preemption sync manager (started by jax.distributed.initialize) catches the signal and
-  `reached_preemption_sync_point(step)` turns True at the same step on every host, without
-  a per-step collective, so all hosts save the same step.
-  """
-
-  def __init__(self):
-    self._event = threading.Event()
-    self._previous = None
-    self._multihost = jax.process_count() > 1
-    if not self._multihost and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("Signal %d received: will checkpoint and exit after this step.", signum)
-    self._event.set()
-
-  def requested(self, step: int) -> bool:
-    if self._multihost:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._event.is_set()
-
-  def restore_handler(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)

@@ -10,9 +10,8 @@ import json
 import jax
 import ml_collections
 from etils import epath
-from flax import linen as nn
 
-from interbert_jax.model import build_model, dummy_inputs
+from interbert_jax.model import build_model, param_shapes
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -28,10 +27,7 @@ def _to_dict(model_config):
 
 def abstract_params(model_config, sharding=None):
   """ShapeDtypeStruct tree of the (unboxed) params `build_model(model_config)` expects."""
-  model = build_model(model_config)
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), **dummy_inputs(model.config))["params"])
-  shapes = nn.unbox(shapes)
+  shapes = param_shapes(model_config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                       shapes)

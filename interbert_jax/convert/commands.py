@@ -8,7 +8,10 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
+from interbert_jax.checkpoints import model_files
 from interbert_jax.convert import hf_bert, layout, model_configs, reference, tensor_io
+from interbert_jax.model import (build_model, count_params, dummy_inputs, param_shapes,
+                                 scan_params, unscan_params)
 from interbert_jax.convert.tensor_io import ConversionError
 
 log = logging.getLogger(__name__)
@@ -30,35 +33,20 @@ def _unscanned(m):
   return m
 
 
-def _init_inputs(m):
-  from interbert_jax.model import dummy_inputs  # pylint: disable=g-import-not-at-top
-  return dummy_inputs(m)
-
-
-def model_param_shapes(m):
-  """The model's own param tree as {path: ShapeDtypeStruct} (no compute)."""
-  from interbert_jax import build_model  # pylint: disable=g-import-not-at-top
-  model = build_model(m)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), **_init_inputs(m)))
-  return nn.meta.unbox(shapes["params"])
-
-
 def init_params(m, seed):
   """Freshly initialised unscanned params of config.model `m` as numpy arrays."""
-  from interbert_jax import build_model  # pylint: disable=g-import-not-at-top
   m = _unscanned(m)
   model = build_model(m)
-  params = jax.jit(lambda key: model.init(key, **_init_inputs(m)))(jax.random.PRNGKey(seed))
-  return jax.tree.map(np.asarray, nn.meta.unbox(params["params"]))
+  params = jax.jit(lambda key: model.init(key, **dummy_inputs(m)))(jax.random.PRNGKey(seed))
+  return jax.tree.map(np.asarray, nn.unbox(params["params"]))
 
 
 def finalize(params, m, origin):
   """Unscanned numpy params -> the layout `m.scan_layers` asks for, checked against the
   model's parameter tree."""
-  from interbert_jax.model import scan_params  # pylint: disable=g-import-not-at-top
   if m.scan_layers:
     params = jax.tree.map(np.asarray, scan_params(params))
-  layout.check_tree(params, model_param_shapes(m), origin)
+  layout.check_tree(params, param_shapes(m), origin)
   return params
 
 
@@ -69,10 +57,8 @@ def _check_output(output):
 
 
 def _save(output, params, m):
-  from interbert_jax import save_checkpoint  # pylint: disable=g-import-not-at-top
-  save_checkpoint(output, params, m)
-  log.info("wrote %s (%d parameters)", output,
-           sum(int(np.size(x)) for x in jax.tree.leaves(params)))
+  model_files.save_checkpoint(output, params, m)
+  log.info("wrote %s (%d parameters)", output, count_params(params))
 
 
 def reference_checkpoint(checkpoint, reference_config, output=None, scan_layers=False,
@@ -127,11 +113,9 @@ def hf_bert_checkpoint(checkpoint, single_stream_layers, text_layers, image_laye
 def to_reference_checkpoint(checkpoint, output, reference_config_output=None):
   """Model checkpoint (scanned or not) -> the reference's state dict at `output`
   (.bin via torch, or .safetensors); optionally its BertConfig JSON too. Returns the dict."""
-  from interbert_jax import load_checkpoint  # pylint: disable=g-import-not-at-top
-  from interbert_jax.model import unscan_params  # pylint: disable=g-import-not-at-top
   if not output.endswith(tensor_io.TORCH_SUFFIXES + (tensor_io.SAFETENSORS_SUFFIX,)):
     raise ConversionError(f"--output={output}: must end in .bin/.pt/.pth or .safetensors")
-  _, params, m = load_checkpoint(checkpoint)
+  _, params, m = model_files.load_checkpoint(checkpoint)
   ref_cfg = model_configs.to_reference(m)
   params = jax.tree.map(np.asarray, unscan_params(params))
   sd = reference.params_to_reference(params, m)
