@@ -1,7 +1,7 @@
 r"""Peak memory of `interbert_jax.data.prepare` on a synthetic BUTD TSV.
 
   python benchmarks/prepare_memory.py [--images=10000] [--boxes=36] [--feature_dim=2048]
-      [--num_classes=1601] [--workdir=/tmp/x] [--keep]
+      [--num_classes=1601] [--workdir=workdirs/prepare_memory] [--keep]
 
 Writes an --images-line BUTD TSV (base64 float32 boxes, features and cls_prob, written
 streaming so the generator itself stays small) and a captions JSONL into a temp dir, runs

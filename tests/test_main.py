@@ -174,11 +174,12 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, straight, tmp_
 
 def test_bad_config_fails_before_compiling(env, tmp_path):
   workdir = str(tmp_path / "bad")
-  proc = _run(env, workdir, "--config.mesh.data=3", "--config.model.fusion=max", expect_rc=1)
+  proc = _run(env, workdir, "--config.mesh.data=3", "--config.model.fusion=max", expect_rc=2)
   assert "config.mesh: data*fsdp*tensor = 3" in proc.stderr
   assert "config.model.fusion='max'" in proc.stderr
   assert "compiled" not in proc.stderr
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  assert "Traceback" not in proc.stderr
   proc = subprocess.run(_cmd(workdir, "--config.no_such_key=1"), cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "no_such_key" in proc.stderr

@@ -63,8 +63,9 @@ def test_restore_onto_other_meshes(setup, tmp_path):
   rng = partitioning.replicate(jax.random.key_data(jax.random.key(42)), mesh8)
   ckpt = run_state.Checkpointer(str(tmp_path), keep=2)
   assert ckpt.save(3, state, rng, data_state={"epoch_hint": 0})
-  ckpt.wait()
+  ckpt.close()                                          # waits for the async save
   host = jax.device_get(state)
+  ckpt = run_state.Checkpointer(str(tmp_path), keep=2)
 
   mesh1 = mesh_lib.create_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
   abstract1, _ = _abstract(setup, mesh1)
@@ -101,7 +102,8 @@ def test_keep_n_and_skip_existing(setup, tmp_path):
   for step in (1, 2, 3, 4):
     assert ckpt.save(step, dict(state, step=jnp.asarray(step, jnp.int32)), rng)
   assert not ckpt.save(4, state, rng)
-  ckpt.wait()
+  ckpt.close()
+  ckpt = run_state.Checkpointer(str(tmp_path), keep=2)
   assert ckpt.all_steps() == [3, 4]
   assert ckpt.latest_step() == 4
   ckpt.close()

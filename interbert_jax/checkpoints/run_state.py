@@ -77,9 +77,6 @@ class Checkpointer:
     state = {"params": out["params"], "opt": rest["opt"], "step": rest["step"]}
     return state, rest["rng"], dict(out["data"])
 
-  def wait(self):
-    self._mngr.wait_until_finished()
-
   def close(self):
     self._mngr.wait_until_finished()
     self._mngr.close()
