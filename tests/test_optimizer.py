@@ -149,8 +149,3 @@ def test_clipping_is_wired_into_the_chain(per_tensor):
   want_bias = [0.0, 0.5] if per_tensor else np.array([0.0, 0.5]) / total
   np.testing.assert_allclose(mu["itm_head"]["kernel"], 0.5 * np.asarray(want_kernel), rtol=1e-6)
   np.testing.assert_allclose(mu["mrm_head"]["bias"], 0.5 * np.asarray(want_bias), rtol=1e-6)
-
-
-def test_unknown_optimizer_name():
-  with pytest.raises(ValueError, match="config.optimizer.name"):
-    optimizer_lib.build_optimizer(_config(name="sgd"))

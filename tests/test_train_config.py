@@ -30,6 +30,7 @@ def test_shipped_configs_are_valid(variant):
     ("model.image_stream.heads", 3, r"config\.model\.image_stream\.heads=3: must divide"),
     ("optimizer.warmup_fraction", 1.5, r"config\.optimizer\.warmup_fraction=1\.5"),
     ("data.msm.strategy", "word", r"config\.data\.msm\.strategy='word'"),
+    ("data.text_len", 80, r"config\.data\.text_len=80: exceeds model\.max_position_embeddings=64"),
     ("data.dir", "/nonexistent/data", r"config\.data\.dir='/nonexistent/data': directory"),
     ("init_from", "/nonexistent/ckpt", r"config\.init_from='/nonexistent/ckpt'"),
     ("mesh.data", 3, r"config\.mesh: data\*fsdp\*tensor = 3"),
