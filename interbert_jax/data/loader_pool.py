@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import os
+import signal
 from multiprocessing import shared_memory
 from typing import Callable, Iterable, Iterator, Tuple
 
@@ -24,6 +25,26 @@ import numpy as np
 
 _ALIGN = 64
 _WORKER_MAKER = None      # The maker of this process when it is a loader worker.
+
+
+class WorkerDiedError(RuntimeError):
+  """A loader worker process died (killed, out of memory, crashed): the pool cannot go on."""
+
+
+def _died(pool, error: BaseException) -> WorkerDiedError:
+  """The error naming the dead worker(s) of a broken process pool and their exit codes."""
+  processes = getattr(pool, "_processes", None) or {}   # pid -> Process (CPython detail).
+  dead = []
+  for pid, proc in list(processes.items()):
+    code = proc.exitcode
+    if code is not None and code != 0:
+      dead.append(f"pid {pid} " + (f"killed by {signal.Signals(-code).name}" if code < 0
+                                   else f"exited with code {code}"))
+  who = ", ".join(dead) or "a worker"
+  return WorkerDiedError(
+      f"a data loader worker process died ({who}): stopping; the last checkpoint is kept, "
+      "re-run the same command to resume. If the kernel killed it (out of memory), lower "
+      "config.data.num_workers or config.data.prefetch.")
 
 
 def _init_worker(factory: Tuple[Callable, tuple]):
@@ -98,7 +119,10 @@ def prefetched(maker, factory: Tuple[Callable, tuple], indices: Iterable[int], *
     for i in itertools.islice(it, max(1, prefetch) + workers - 1):
       queue.append(submit(i))
     while queue:
-      batch = receive(queue.popleft().result())
+      try:
+        batch = receive(queue.popleft().result())
+      except concurrent.futures.process.BrokenProcessPool as e:
+        raise _died(pool, e) from None
       for i in itertools.islice(it, 1):
         queue.append(submit(i))
       yield batch
