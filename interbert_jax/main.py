@@ -211,7 +211,7 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
   def save(step, reason):
     check_finite(window, step, writer, ckpt)
     if ckpt.save(step, state, train_rng, data_state={"step": step}):
-      logging.info("checkpoint %d saved to %s (%s)", step, ckpt.directory, reason)
+      logging.info("checkpoint %d saving to %s (%s)", step, ckpt.directory, reason)
 
   step = start_step
   try:

@@ -31,6 +31,17 @@ ITEMS = ("params", "train_state", "data")
 CORRUPT_SUFFIX = ".corrupt-"
 
 
+def _reason(error: BaseException, limit: int = 300) -> str:
+  """The innermost cause of an orbax error on one line: TensorStore's, which says what
+  (e.g. OUT_OF_RANGE reading <array> in <file>), not the wrapper's 100-line spec dump."""
+  for _ in range(10):
+    inner = error.__cause__ or error.__context__
+    if inner is None:
+      break
+    error = inner
+  return schema.error_line(error, limit)
+
+
 class CheckpointError(RuntimeError):
   """A run's checkpoints cannot be read or written (the message says which and what to do)."""
 
@@ -90,7 +101,7 @@ class Checkpointer:
     good = (f"the last good checkpoint is step {self._good}" if self._good is not None
             else "no checkpoint was written completely")
     return CheckpointError(
-        f"cannot write checkpoint {step} to {self.directory} ({schema.error_line(error)}): stopping; "
+        f"cannot write checkpoint {step} to {self.directory} ({_reason(error, 600)}): stopping; "
         f"{good}. Free space or fix the permissions there, then re-run the same command "
         "to resume.")
 
@@ -121,7 +132,7 @@ class Checkpointer:
         restored = self.restore(step, abstract_state, rng_sharding)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("checkpoint %d in %s cannot be read (%s); trying the previous one.",
-                        step, self.directory, schema.error_line(e))
+                        step, self.directory, _reason(e))
         failed.append((step, e))
         continue
       for bad, _ in failed:
@@ -130,7 +141,7 @@ class Checkpointer:
       return (step,) + restored
     if not failed:
       return None
-    listing = "; ".join(f"step {s}: {schema.error_line(e, 200)}" for s, e in failed)
+    listing = "; ".join(f"step {s}: {_reason(e, 200)}" for s, e in failed)
     raise CheckpointError(
         f"no checkpoint in {self.directory} can be read ({listing}). Nothing was changed. "
         "To start fresh, run with another --workdir (or move this checkpoints directory "
