@@ -15,7 +15,6 @@ All runs share a persistent compilation cache, so only the first one compiles.
 import glob
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -278,9 +277,8 @@ def test_failed_save_stops_naming_dir_and_last_good(env, straight, tmp_path):
   """A full disk: every file write past 200 KB fails (RLIMIT_FSIZE: EFBIG, root too)."""
   workdir = str(tmp_path / "full")
   ckpt_dir = _copy_run(straight[0], workdir, upto=30)
-  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200 << 10, 200 << 10))
-  proc = subprocess.run(_cmd(workdir), cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=600, preexec_fn=limit)
+  proc = subprocess.run(["bash", "-c", 'ulimit -f 200 && exec "$@"', "bash", *_cmd(workdir)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 1, proc.stderr[-4000:]
   assert f"error: cannot write checkpoint 40 to {ckpt_dir} (" in proc.stderr
   assert "File too large" in proc.stderr and "the last good checkpoint is step 30" in proc.stderr
@@ -290,17 +288,19 @@ def test_failed_save_stops_naming_dir_and_last_good(env, straight, tmp_path):
   _assert_same_checkpoint(straight[0], workdir, 30)
 
 
-def _shard_images_of_batches(data_dir, steps, batch_size):
-  """image_index of every example of the given training batches (pipeline's order)."""
+def _first_batch_per_shard(data_dir, steps, batch_size):
+  """{shard path: first of the training batches `steps` that reads one of its images}."""
   config = get_config("tiny")
   caps = schema.load_captions(data_dir, "train")
+  shards = schema.shard_files(data_dir, "train")
   m = len(caps)
-  out = set()
+  first = {}
   for step in steps:
     for g in range(step * batch_size, (step + 1) * batch_size):
       epoch, j = divmod(g, m)
-      out.add(int(caps.image_index[pipeline.epoch_permutation(config.data.seed, epoch, m)[j]]))
-  return out
+      image = int(caps.image_index[pipeline.epoch_permutation(config.data.seed, epoch, m)[j]])
+      first.setdefault(schema.locate_record(shards, image)[0], step)
+  return first
 
 
 def _reshard(src, dst, shard_bytes):
@@ -324,20 +324,16 @@ def test_corrupt_data_shard_stops_naming_shard_and_record(env, straight, tmp_pat
   _reshard(pipeline.data_dir(get_config("tiny")), data, shard_bytes=30_000)
   shards = schema.shard_files(data, "train")
   assert len(shards) > 50
-  batch = get_config("tiny").batch_size
-  # A shard first read by batch 36..39: the run trains past step 35, then meets it.
-  early = _shard_images_of_batches(data, range(30, 36), batch)
-  late = _shard_images_of_batches(data, range(36, 40), batch)
-  later = _shard_images_of_batches(data, range(30, 41), batch)
-  start, truncated, garbled = 0, None, None
-  for path, n in shards:
-    own = set(range(start, start + n))
-    if truncated is None and not own & early and own & late:
-      truncated = (path, start, n)
-    elif garbled is None and not own & later:
-      garbled = path
-    start += n
-  assert truncated and garbled and truncated[1] > 0
+  # The shard first read by a batch in 36..39 is truncated: the run trains past step 35,
+  # then meets it; one read only later (or never) is garbled, for `validate`.
+  first = _first_batch_per_shard(data, range(30, 41), get_config("tiny").batch_size)
+  late = sorted((first.get(path, 99), i) for i, (path, _) in enumerate(shards)
+                if first.get(path, 99) >= 36)
+  assert len(late) >= 2 and late[0][0] < late[1][0] and late[0][0] <= 39
+  starts = [sum(n for _, n in shards[:i]) for i in range(len(shards))]
+  i = late[0][1]
+  truncated = (shards[i][0], starts[i], shards[i][1])
+  garbled = shards[late[1][1]][0]
   _truncate(truncated[0], os.path.getsize(truncated[0]) // 2)
   with open(garbled, "r+b") as f:
     f.seek(os.path.getsize(garbled) // 2)

@@ -486,6 +486,7 @@ def check_shards(data_dir, split) -> Dict[str, str]:
   TFDS metadata says."""
   from array_record.python import array_record_module
   problems, start = {}, 0
+  unreadable = "truncated, or not an ArrayRecord file"
   for path, n in shard_files(data_dir, split):
     where = f"{path} (image_index {start}..{start + n - 1} of split {split!r})"
     start += n
@@ -497,10 +498,10 @@ def check_shards(data_dir, split) -> Dict[str, str]:
       count = reader.num_records() if reader.ok() else None
       reader.close()
     except Exception as e:  # pylint: disable=broad-except
-      problems[path] = f"{where}: cannot be read ({error_line(e)})"
+      problems[path] = f"{where}: cannot be read ({error_line(e) if str(e) else unreadable})"
       continue
     if count is None:
-      problems[path] = f"{where}: cannot be read (truncated or not an ArrayRecord file)"
+      problems[path] = f"{where}: cannot be read ({unreadable})"
     elif count != n:
       problems[path] = f"{where}: {count} records, the TFDS metadata says {n}"
   return problems
