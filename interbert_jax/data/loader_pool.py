@@ -121,10 +121,10 @@ def prefetched(maker, factory: Tuple[Callable, tuple], indices: Iterable[int], *
     while queue:
       try:
         batch = receive(queue.popleft().result())
+        for i in itertools.islice(it, 1):
+          queue.append(submit(i))
       except concurrent.futures.process.BrokenProcessPool as e:
         raise _died(pool, e) from None
-      for i in itertools.islice(it, 1):
-        queue.append(submit(i))
       yield batch
   finally:
     try:
