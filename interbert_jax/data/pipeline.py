@@ -169,7 +169,9 @@ class _Split:
         return record_decode.decode(raw)
       return self.images[image_index]
     except Exception as e:  # pylint: disable=broad-except
-      raise DataReadError(schema.record_problem(self.dir, self.name, image_index, e)) from None
+      raise DataReadError(schema.record_problem(self.dir, self.name, image_index, e) +
+                          f"; check the dataset: python -m interbert_jax.data.validate "
+                          f"{self.dir} --sample=0") from None
 
   def fill(self, out: dict, row: int, caption_index: int, rng) -> None:
     """Writes example (caption_index, rng) into row `row` of the batch arrays `out`."""
