@@ -217,7 +217,7 @@ def test_tiny_learns_on_synthetic_data(tmp_path):
   assert final_eval["eval_mrm_acc"] >= 0.6, final_eval
 
 
-# ------------------------------------------------------------------ faults (README "Resuming and faults")
+# ----------------------------------------------------- faults (README "Resuming and faults")
 
 def _copy_run(straight_dir, workdir, upto):
   """A copy of the straight run holding its checkpoints <= upto (a run stopped there)."""

@@ -21,6 +21,7 @@ Faults (README "Resuming and faults"):
 import os
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
@@ -44,8 +45,6 @@ def _reason(error: BaseException, limit: int = 300) -> str:
 
 class CheckpointError(RuntimeError):
   """A run's checkpoints cannot be read or written (the message says which and what to do)."""
-
-
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -101,9 +100,9 @@ class Checkpointer:
     good = (f"the last good checkpoint is step {self._good}" if self._good is not None
             else "no checkpoint was written completely")
     return CheckpointError(
-        f"cannot write checkpoint {step} to {self.directory} ({_reason(error, 600)}): stopping; "
-        f"{good}. Free space or fix the permissions there, then re-run the same command "
-        "to resume.")
+        f"cannot write checkpoint {step} to {self.directory} ({_reason(error, 600)}): "
+        f"stopping; {good}. Free space or fix the permissions there, then re-run the same "
+        "command to resume.")
 
   def _check_saved(self) -> None:
     """Raises CheckpointError if the previous (async) save failed; else records it good."""
@@ -149,14 +148,19 @@ class Checkpointer:
 
   def _move_aside(self, step: int) -> None:
     """Renames checkpoint `step` to `<step>.corrupt-<n>`, out of orbax's sight; logs it."""
-    src = os.path.join(self.directory, str(step))
+    src = epath.Path(self.directory) / str(step)
     if jax.process_index() == 0:
       n = 1
-      while os.path.exists(f"{src}{CORRUPT_SUFFIX}{n}"):
+      while (dst := src.parent / f"{step}{CORRUPT_SUFFIX}{n}").exists():
         n += 1
-      os.rename(src, f"{src}{CORRUPT_SUFFIX}{n}")
-      logging.warning("moved the unreadable checkpoint %s to %s%s%d (kept for inspection)",
-                      src, src, CORRUPT_SUFFIX, n)
+      try:
+        src.rename(dst)
+        logging.warning("moved the unreadable checkpoint %s to %s (kept for inspection)",
+                        src, dst)
+      except OSError as e:   # e.g. an object store without directory renames
+        logging.warning("could not move the unreadable checkpoint %s aside (%s): move or "
+                        "delete it, else step %d is not saved again", src,
+                        schema.error_line(e), step)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"interbert_move_aside_{step}")
     self._mngr.reload()

@@ -2,7 +2,7 @@
 
 A workdir's config.json is the resolved config of the run that made it. Re-running in that
 workdir resumes it, so the new config must describe the same trainable state and the same
-batches. Keys that must match (RUN_KEYS, compared after a JSON round trip):
+batches. Keys that must match (`_must_match`, compared after a JSON round trip):
   model.*          every architecture and vocabulary key (sizes, layers, heads, vocab,
                    feature dims, fusion, heads' targets, scan_layers, param_dtype), except
                    the MODEL_FREE ones below;
