@@ -181,7 +181,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, straight, tmp_
 
 def test_bad_config_fails_before_compiling(env, tmp_path):
   workdir = str(tmp_path / "bad")
-  proc = _run(env, workdir, "--config.mesh.data=3", "--config.model.fusion=max", expect_rc=1)
+  proc = _run(env, workdir, "--config.mesh.data=3", "--config.model.fusion=max", expect_rc=2)
   assert "config.mesh: data*fsdp*tensor = 3" in proc.stderr
   assert "config.model.fusion='max'" in proc.stderr
   assert "compiled" not in proc.stderr
