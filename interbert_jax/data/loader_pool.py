@@ -31,9 +31,11 @@ class WorkerDiedError(RuntimeError):
   """A loader worker process died (killed, out of memory, crashed): the pool cannot go on."""
 
 
-def _died(pool, error: BaseException) -> WorkerDiedError:
-  """The error naming the dead worker(s) of a broken process pool and their exit codes."""
-  processes = getattr(pool, "_processes", None) or {}   # pid -> Process (CPython detail).
+def _died(processes: dict) -> WorkerDiedError:
+  """The error naming the dead worker(s) of a broken process pool and their exit codes.
+
+  `processes`: pid -> multiprocessing.Process of every worker the pool started.
+  """
   dead = []
   for pid, proc in list(processes.items()):
     code = proc.exitcode
@@ -102,11 +104,16 @@ def prefetched(maker, factory: Tuple[Callable, tuple], indices: Iterable[int], *
     workers: > 0: that many spawned worker processes; else `threads` threads.
     prefetch: batches kept ready beyond those being built.
   """
+  workers_seen = {}   # pid -> Process of each worker; a broken pool forgets its dead ones.
   if workers > 0:
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker, initargs=(factory,))
-    submit = lambda i: pool.submit(_worker_batch, i)
+
+    def submit(i):
+      future = pool.submit(_worker_batch, i)
+      workers_seen.update(getattr(pool, "_processes", None) or {})   # CPython detail.
+      return future
     receive = _from_shared
   else:
     workers = max(1, threads)
@@ -123,8 +130,8 @@ def prefetched(maker, factory: Tuple[Callable, tuple], indices: Iterable[int], *
         batch = receive(queue.popleft().result())
         for i in itertools.islice(it, 1):
           queue.append(submit(i))
-      except concurrent.futures.process.BrokenProcessPool as e:
-        raise _died(pool, e) from None
+      except concurrent.futures.process.BrokenProcessPool:
+        raise _died(workers_seen) from None
       yield batch
   finally:
     try:
