@@ -6,7 +6,8 @@
 - a non-finite loss stops the run (exit 1) and leaves the last good checkpoint alone;
 - bad config values / keys fail at start-up, before anything compiles;
 - faults: an unreadable latest checkpoint is skipped for the previous one (still bitwise);
-  none readable, a failed save (full disk), a corrupt data shard: one-line error, exit 1,
+  none readable, a failed save (full disk), a corrupt data shard, a SIGKILLed loader
+  worker: one-line error, exit 1 (the worker: within seconds),
   last good checkpoint untouched; another run's workdir: refused (exit 2), untouched;
 - the README's quick-start run (the shipped tiny config) learns the synthetic data:
   ITM >= 0.9, MSM and MRM far above chance.
@@ -368,3 +369,28 @@ def test_other_runs_workdir_is_refused_untouched(env, straight, tmp_path):
   assert open(os.path.join(workdir, "config.json")).read() == before
   assert _steps(ckpt_dir) == [10, 20, 30, 40] and not os.path.exists(
       os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_dead_loader_worker_stops_the_run_within_seconds(env, tmp_path):
+  """`data.num_workers=1`, the worker SIGKILLed (as by the OOM killer) after step 5."""
+  workdir = str(tmp_path / "worker")
+  log_path = tmp_path / "worker.log"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(_cmd(workdir, "--config.data.num_workers=1"), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  _wait_for(lambda: os.path.exists(metrics) and _metrics(workdir), proc, "step 5")
+  with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+    children = [int(p) for p in f.read().split()]
+  workers = [p for p in children
+             if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+  assert len(workers) == 1, children
+  os.kill(workers[0], signal.SIGKILL)
+  start = time.time()
+  proc.wait(timeout=120)
+  elapsed = time.time() - start
+  stderr = open(log_path).read()
+  assert proc.returncode == 1, stderr[-3000:]
+  assert elapsed < 30, elapsed
+  assert (f"error: a data loader worker process died (pid {workers[0]} killed by SIGKILL)"
+          in stderr) and "Traceback" not in stderr
