@@ -10,7 +10,10 @@ log step, eval_* keys at eval steps), tb/ (TensorBoard), checkpoints/<step>/ (or
 `params` readable by interbert_jax.load_checkpoint). Re-running the same command resumes
 from the latest checkpoint and reaches bitwise the same parameters as an uninterrupted run.
 SIGTERM saves a checkpoint and exits 0. A non-finite loss stops the run (exit 1) without
-touching the last good checkpoint. A bad config exits 2 before anything is built.
+touching the last good checkpoint. A bad config, or a workdir holding another run's config,
+exits 2 before anything is built. Faults (README "Resuming and faults"): an unreadable
+checkpoint is skipped for the newest one that reads; a failed save, an unreadable data
+record or a dead loader worker stops the run with one line naming it (exit 1).
 Library logs (orbax, TensorFlow) are hidden unless -v 1.
 """
 import math
@@ -35,6 +38,8 @@ import numpy as np
 import interbert_jax
 from interbert_jax.checkpoints import init_from as init_from_lib
 from interbert_jax.checkpoints import run_state
+from interbert_jax.checkpoints import workdir_check
+from interbert_jax.data import loader_pool
 from interbert_jax.data import pipeline
 from interbert_jax.evaluation import pretraining as pretraining_eval
 from interbert_jax.parallel import distributed
@@ -79,9 +84,11 @@ def _write_config(workdir: str, config) -> None:
       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
-def init_or_restore(config, model, tx, ckpt, start_step, mesh):
-  """-> (state, train_rng, abstract state, state shardings); restored when start_step > 0.
+def init_or_restore(config, model, tx, ckpt, mesh):
+  """-> (state, train_rng, abstract state, state shardings, start step).
 
+  Restores the newest checkpoint that reads (start step = its step; unreadable newer ones
+  are skipped with a warning, see checkpoints/run_state.py), else initialises (step 0).
   Keys travel as raw key data in global replicated arrays (valid jit inputs multi-host).
   """
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -89,17 +96,17 @@ def init_or_restore(config, model, tx, ckpt, start_step, mesh):
   train_rng = partitioning.replicate(jax.random.key_data(train_rng), mesh)
   abstract, state_sh = state_lib.abstract_state(model, tx, mesh, init_rng)
   logging.info("parameters: %s", f"{interbert_jax.model.count_params(abstract['params']):,}")
-  if start_step > 0:
-    state, train_rng, data_state = ckpt.restore(start_step, abstract,
-                                                partitioning.replicated(mesh))
+  restored = ckpt.restore_latest(abstract, partitioning.replicated(mesh))
+  if restored is not None:
+    start_step, state, train_rng, data_state = restored
     logging.info("resumed from %s/%d (data position %s)", ckpt.directory, start_step,
                  data_state)
-    return state, train_rng, abstract, state_sh
+    return state, train_rng, abstract, state_sh, start_step
   state = state_lib.create_state(model, tx, state_sh, init_rng)
   if config.init_from:
     # Only parameters come from the checkpoint; Adam moments stay zero.
     state["params"] = init_from_lib.load_init_params(config.init_from, state["params"])
-  return state, train_rng, abstract, state_sh
+  return state, train_rng, abstract, state_sh, 0
 
 
 def compile_train_step(config, model, opt, abstract, state_sh, batch_shapes, train_rng, mesh):
@@ -148,6 +155,7 @@ def train(config, workdir: str):
   config_validation.validate_config(config, num_devices=jax.device_count(),
                                     process_count=num_processes)
   is_main = process == 0
+  workdir_check.check_workdir(workdir, config)   # Another run's workdir: refused, untouched.
   if is_main:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
     _write_config(workdir, config)
@@ -169,13 +177,19 @@ def train(config, workdir: str):
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
     try:
-      return _train_loop(config, mesh, ckpt, writer, start_step, process, num_processes)
+      return _train_loop(config, mesh, ckpt, writer, process, num_processes)
     finally:
       ckpt.close()
       writer.close()
 
 
-def _train_loop(config, mesh, ckpt, writer, start_step, process, num_processes):
+def _train_loop(config, mesh, ckpt, writer, process, num_processes):
+  # ------------------------------------------------------------------ model, optimizer, state
+  model = interbert_jax.build_model(config.model)
+  opt = optimizer_lib.build_optimizer(config)
+  state, train_rng, abstract, state_sh, start_step = init_or_restore(config, model, opt.tx,
+                                                                     ckpt, mesh)
+
   # ------------------------------------------------------------------ input
   # Batch k is a pure function of (config, k, process): resuming is start_step=k.
   train_iter = pipeline.train_iterator(config, start_step=start_step, process_index=process,
@@ -184,12 +198,6 @@ def _train_loop(config, mesh, ckpt, writer, start_step, process, num_processes):
   batch_shapes = {k: jax.ShapeDtypeStruct((v.shape[0] * num_processes,) + v.shape[1:], v.dtype)
                   for k, v in host_batch.items()}
   logging.info("batch: %s", " ".join(f"{k}{list(s.shape)}" for k, s in batch_shapes.items()))
-
-  # ------------------------------------------------------------------ model, optimizer, state
-  model = interbert_jax.build_model(config.model)
-  opt = optimizer_lib.build_optimizer(config)
-  state, train_rng, abstract, state_sh = init_or_restore(config, model, opt.tx, ckpt,
-                                                         start_step, mesh)
 
   # ------------------------------------------------------------------ update step & evals
   compiled_step = compile_train_step(config, model, opt, abstract, state_sh, batch_shapes,
@@ -206,7 +214,7 @@ def _train_loop(config, mesh, ckpt, writer, start_step, process, num_processes):
   def save(step, reason):
     check_finite(window, step, writer, ckpt)
     if ckpt.save(step, state, train_rng, data_state={"step": step}):
-      logging.info("checkpoint %d saved to %s (%s)", step, ckpt.directory, reason)
+      logging.info("checkpoint %d saving to %s (%s)", step, ckpt.directory, reason)
 
   step = start_step
   try:
@@ -268,7 +276,8 @@ def main(argv):
   except (config_validation.ConfigError, pipeline.PipelineConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except NonFiniteLossError as e:
+  except (NonFiniteLossError, run_state.CheckpointError, pipeline.DataReadError,
+          loader_pool.WorkerDiedError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
 

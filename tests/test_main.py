@@ -5,10 +5,15 @@
 - SIGTERM saves a checkpoint at the current step and exits 0; resuming is exact too;
 - a non-finite loss stops the run (exit 1) and leaves the last good checkpoint alone;
 - bad config values / keys fail at start-up, before anything compiles;
+- faults: an unreadable latest checkpoint is skipped for the previous one (still bitwise);
+  none readable, a failed save (full disk), a corrupt data shard, a SIGKILLed loader
+  worker: one-line error, exit 1 (the worker: within seconds),
+  last good checkpoint untouched; another run's workdir: refused (exit 2), untouched;
 - the README's quick-start run (the shipped tiny config) learns the synthetic data:
   ITM >= 0.9, MSM and MRM far above chance.
 All runs share a persistent compilation cache, so only the first one compiles.
 """
+import glob
 import json
 import os
 import shutil
@@ -23,6 +28,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs.pretrain import get_config
+from interbert_jax.data import pipeline
+from interbert_jax.data import schema
+from interbert_jax.data import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 40
@@ -209,3 +217,181 @@ def test_tiny_learns_on_synthetic_data(tmp_path):
   assert final_eval["eval_itm_acc"] >= 0.9, final_eval
   assert final_eval["eval_msm_acc"] >= 0.7, final_eval
   assert final_eval["eval_mrm_acc"] >= 0.6, final_eval
+
+
+# ----------------------------------------------------- faults (README "Resuming and faults")
+
+def _copy_run(straight_dir, workdir, upto):
+  """A copy of the straight run holding its checkpoints <= upto (a run stopped there)."""
+  shutil.copytree(straight_dir, workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  for name in os.listdir(ckpt_dir):
+    if int(name) > upto:
+      shutil.rmtree(os.path.join(ckpt_dir, name))
+  os.remove(os.path.join(workdir, "metrics.jsonl"))
+  return ckpt_dir
+
+
+def _truncate(path, size):
+  with open(path, "r+b") as f:
+    f.truncate(size)
+
+
+def _steps(ckpt_dir):
+  return sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+
+
+def test_unreadable_latest_checkpoint_falls_back_bitwise(env, straight, tmp_path):
+  """Ten data files of the latest checkpoint cut to 100 bytes (a preempted upload)."""
+  workdir = str(tmp_path / "corrupt")
+  ckpt_dir = _copy_run(straight[0], workdir, upto=30)
+  data_files = sorted(glob.glob(os.path.join(ckpt_dir, "30", "params", "ocdbt.process_0",
+                                             "d", "*")))[:10]
+  assert data_files
+  for path in data_files:
+    _truncate(path, 100)
+  proc = _run(env, workdir)
+  warnings = [l for l in proc.stderr.splitlines() if "cannot be read" in l]
+  assert len(warnings) == 1 and "checkpoint 30 in" in warnings[0], warnings
+  assert "OUT_OF_RANGE" in warnings[0] and "Traceback" not in proc.stderr
+  assert f"resumed from {ckpt_dir}/20" in proc.stderr
+  # Kept aside (not deleted, not counted by keep-N), and step 30 was saved again.
+  assert sorted(os.listdir(ckpt_dir)) == ["10", "20", "30", "30.corrupt-1", "40"]
+  assert len(os.listdir(os.path.join(ckpt_dir, "30.corrupt-1", "params"))) > 0
+  _assert_same_checkpoint(straight[0], workdir, 30)
+  _assert_same_checkpoint(straight[0], workdir, TOTAL)
+
+
+def test_no_readable_checkpoint_is_a_clear_error(env, straight, tmp_path):
+  workdir = str(tmp_path / "all_corrupt")
+  ckpt_dir = _copy_run(straight[0], workdir, upto=20)
+  for step in (10, 20):
+    for path in glob.glob(os.path.join(ckpt_dir, str(step), "*", "ocdbt.process_0", "d", "*")):
+      _truncate(path, 100)
+  proc = _run(env, workdir, expect_rc=1)
+  assert f"error: no checkpoint in {ckpt_dir} can be read (step 20: " in proc.stderr
+  assert "step 10: " in proc.stderr and "another --workdir" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert sorted(os.listdir(ckpt_dir)) == ["10", "20"]          # nothing moved or deleted
+
+
+def test_failed_save_stops_naming_dir_and_last_good(env, straight, tmp_path):
+  """A full disk: every file write past 200 KB fails (RLIMIT_FSIZE: EFBIG, root too)."""
+  workdir = str(tmp_path / "full")
+  ckpt_dir = _copy_run(straight[0], workdir, upto=30)
+  proc = subprocess.run(["bash", "-c", 'ulimit -f 200 && exec "$@"', "bash", *_cmd(workdir)],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1, proc.stderr[-4000:]
+  assert f"error: cannot write checkpoint 40 to {ckpt_dir} (" in proc.stderr
+  assert "File too large" in proc.stderr and "the last good checkpoint is step 30" in proc.stderr
+  assert not os.path.exists(os.path.join(ckpt_dir, "40"))
+  ocp_mngr = ocp.CheckpointManager(ckpt_dir)           # what a restart would pick
+  assert ocp_mngr.latest_step() == 30
+  _assert_same_checkpoint(straight[0], workdir, 30)
+
+
+def _first_batch_per_shard(data_dir, steps, batch_size):
+  """{shard path: first of the training batches `steps` that reads one of its images}."""
+  config = get_config("tiny")
+  caps = schema.load_captions(data_dir, "train")
+  shards = schema.shard_files(data_dir, "train")
+  m = len(caps)
+  first = {}
+  for step in steps:
+    for g in range(step * batch_size, (step + 1) * batch_size):
+      epoch, j = divmod(g, m)
+      image = int(caps.image_index[pipeline.epoch_permutation(config.data.seed, epoch, m)[j]])
+      first.setdefault(schema.locate_record(shards, image)[0], step)
+  return first
+
+
+def _reshard(src, dst, shard_bytes):
+  """`src` rewritten with small shards (same records, captions, order)."""
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train", "train_captions.npz"))
+  images = schema.open_images(src, "train")
+  caps = schema.load_captions(src, "train")
+  meta = schema.read_metadata(src)
+  records = [images[i] for i in range(len(images))]
+  by_image = {}
+  for k in range(len(caps)):
+    by_image.setdefault(records[caps.image_index[k]]["image_id"], []).append(caps.caption(k))
+  schema.write_split(dst, "train", records, by_image, shard_bytes=shard_bytes, log_every=0,
+                     **{k: meta[k] for k in schema.DATASET_KEYS})
+
+
+def test_corrupt_data_shard_stops_naming_shard_and_record(env, straight, tmp_path):
+  workdir = str(tmp_path / "bad_shard")
+  ckpt_dir = _copy_run(straight[0], workdir, upto=30)
+  data = str(tmp_path / "data")
+  _reshard(pipeline.data_dir(get_config("tiny")), data, shard_bytes=30_000)
+  shards = schema.shard_files(data, "train")
+  assert len(shards) > 50
+  # The shard first read by a batch in 36..39 is truncated: the run trains past step 35,
+  # then meets it; one read only later (or never) is garbled, for `validate`.
+  first = _first_batch_per_shard(data, range(30, 41), get_config("tiny").batch_size)
+  late = sorted((first.get(path, 99), i) for i, (path, _) in enumerate(shards)
+                if first.get(path, 99) >= 36)
+  assert late and late[0][0] <= 39 and late[-1][0] > late[0][0]
+  starts = [sum(n for _, n in shards[:i]) for i in range(len(shards))]
+  i = late[0][1]
+  truncated = (shards[i][0], starts[i], shards[i][1])
+  garbled = shards[next(j for batch, j in late if batch > late[0][0])][0]
+  _truncate(truncated[0], os.path.getsize(truncated[0]) // 2)
+  with open(garbled, "r+b") as f:
+    f.seek(os.path.getsize(garbled) // 2)
+    f.write(b"\xff" * 64)
+  t0 = time.time()
+  proc = _run(env, workdir, f"--config.data.dir={data}", expect_rc=1)
+  assert time.time() - t0 < 300
+  line = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(line) == 1 and line[0].startswith(f"error: {truncated[0]}: record "), line
+  record = int(line[0].split(": record ")[1].split()[0])
+  image_index = int(line[0].split("(image_index ")[1].split()[0])
+  assert 0 <= record < truncated[2] and image_index == truncated[1] + record
+  assert "Traceback" not in proc.stderr and "step 35/40" in proc.stderr   # stopped mid-run
+  assert _steps(ckpt_dir) == [10, 20, 30]
+  _assert_same_checkpoint(straight[0], workdir, 30)
+  # The dataset checker names the same shard (and the garbled one).
+  _, problems = validate.validate(data, ["train"], sample=0)
+  assert any(p.startswith(f"{truncated[0]} (image_index {truncated[1]}..") for p in problems)
+  assert any(p.startswith(f"{garbled} (") and "Corrupted" in p for p in problems), problems
+
+
+def test_other_runs_workdir_is_refused_untouched(env, straight, tmp_path):
+  workdir = str(tmp_path / "other")
+  ckpt_dir = _copy_run(straight[0], workdir, upto=TOTAL)
+  before = open(os.path.join(workdir, "config.json")).read()
+  proc = _run(env, workdir, "--config.model.hidden_size=64", "--config.model.vocab_size=2048",
+              "--config.total_steps=80", expect_rc=2)
+  assert f"error: --workdir={workdir} holds another run" in proc.stderr
+  assert "model.hidden_size: 128 in the workdir, 64 now" in proc.stderr
+  assert "model.vocab_size: 1024 in the workdir, 2048 now" in proc.stderr
+  assert "total_steps" not in proc.stderr and "Traceback" not in proc.stderr
+  assert open(os.path.join(workdir, "config.json")).read() == before
+  assert _steps(ckpt_dir) == [10, 20, 30, 40] and not os.path.exists(
+      os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_dead_loader_worker_stops_the_run_within_seconds(env, tmp_path):
+  """`data.num_workers=1`, the worker SIGKILLed (as by the OOM killer) after step 5."""
+  workdir = str(tmp_path / "worker")
+  log_path = tmp_path / "worker.log"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(_cmd(workdir, "--config.data.num_workers=1"), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  _wait_for(lambda: os.path.exists(metrics) and _metrics(workdir), proc, "step 5")
+  with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+    children = [int(p) for p in f.read().split()]
+  workers = [p for p in children
+             if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+  assert len(workers) == 1, children
+  os.kill(workers[0], signal.SIGKILL)
+  start = time.time()
+  proc.wait(timeout=120)
+  elapsed = time.time() - start
+  stderr = open(log_path).read()
+  assert proc.returncode == 1, stderr[-3000:]
+  assert elapsed < 30, elapsed
+  assert (f"error: a data loader worker process died (pid {workers[0]} killed by SIGKILL)"
+          in stderr) and "Traceback" not in stderr

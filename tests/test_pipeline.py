@@ -1,11 +1,17 @@
-"""Input pipeline: the batch contract, ITM negatives, determinism, exact resume, sharding."""
+"""Input pipeline: the batch contract, ITM negatives, determinism, exact resume, sharding,
+a dead loader worker."""
 import hashlib
 import itertools
+import multiprocessing
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
 
 from configs import pretrain
+from interbert_jax.data import loader_pool
 from interbert_jax.data import pipeline
 from interbert_jax.data import schema
 
@@ -237,3 +243,21 @@ def test_object_id_datasets_get_one_hot_targets(config, tmp_path):
   probs = b["mrm_target_probs"][:, 1:][valid].astype(np.float32)
   np.testing.assert_array_equal(probs.sum(-1), 1.0)
   np.testing.assert_array_equal(probs.argmax(-1), b["mrm_target_classes"][:, 1:][valid])
+
+
+def test_dead_worker_process_stops_the_iterator_within_seconds(config):
+  """A loader worker killed with SIGKILL (as the OOM killer does): the next batch raises."""
+  c = config.copy_and_resolve_references()
+  c.data.num_workers = 1
+  before = {p.pid for p in multiprocessing.active_children()}
+  it = pipeline.train_iterator(c)
+  next(it)
+  workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+  assert len(workers) == 1
+  os.kill(workers[0].pid, signal.SIGKILL)
+  start = time.time()
+  with pytest.raises(loader_pool.WorkerDiedError,
+                     match=rf"worker process died \(pid {workers[0].pid} killed by SIGKILL\)"):
+    for _ in range(100):
+      next(it)
+  assert time.time() - start < 10

@@ -99,3 +99,30 @@ def test_trainer_exits_2_naming_every_bad_key_before_building_anything(tmp_path)
   assert "config.data.msm.strategy='word'" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "d").exists()            # no synthetic data was generated
+
+
+def test_workdir_check_names_the_keys_that_must_match(tmp_path):
+  """Another run's config.json: shape/vocab keys refused, schedule/frequency keys allowed."""
+  from interbert_jax.checkpoints import workdir_check
+  config = get_config("tiny")
+  workdir_check.check_workdir(str(tmp_path), config)           # no config.json: a new run
+  (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  resumed = get_config("tiny")
+  resumed.total_steps, resumed.log_every_steps, resumed.checkpoint_every_steps = 9, 1, 3
+  resumed.eval_every_steps, resumed.keep_checkpoints, resumed.batch_size = 2, 1, 64
+  resumed.model.dtype, resumed.model.remat_policy = "bfloat16", "full"
+  resumed.model.text_stream.hidden_dropout = 0.3
+  resumed.data.dir, resumed.data.num_workers = "/elsewhere", 4
+  workdir_check.check_workdir(str(tmp_path), resumed)          # allowed on resume
+  other = get_config("tiny")
+  other.model.vocab_size, other.model.image_stream.layers = 2048, 3
+  other.data.text_len, other.model.scan_layers = 20, True
+  with pytest.raises(workdir_check.WorkdirMismatchError) as e:
+    workdir_check.check_workdir(str(tmp_path), other)
+  assert isinstance(e.value, config_validation.ConfigError)    # exit 2 in the trainer
+  lines = str(e.value).splitlines()
+  assert lines[1:5] == ["  data.text_len: 16 in the workdir, 20 now",
+                        "  model.image_stream.layers: 2 in the workdir, 3 now",
+                        "  model.scan_layers: false in the workdir, true now",
+                        "  model.vocab_size: 1024 in the workdir, 2048 now"]
+  assert "4 key(s)" in lines[0] and "another --workdir" in lines[-1]

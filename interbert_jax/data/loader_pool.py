@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import os
+import signal
 from multiprocessing import shared_memory
 from typing import Callable, Iterable, Iterator, Tuple
 
@@ -24,6 +25,28 @@ import numpy as np
 
 _ALIGN = 64
 _WORKER_MAKER = None      # The maker of this process when it is a loader worker.
+
+
+class WorkerDiedError(RuntimeError):
+  """A loader worker process died (killed, out of memory, crashed): the pool cannot go on."""
+
+
+def _died(processes: dict) -> WorkerDiedError:
+  """The error naming the dead worker(s) of a broken process pool and their exit codes.
+
+  `processes`: pid -> multiprocessing.Process of every worker the pool started.
+  """
+  dead = []
+  for pid, proc in list(processes.items()):
+    code = proc.exitcode
+    if code is not None and code != 0:
+      dead.append(f"pid {pid} " + (f"killed by {signal.Signals(-code).name}" if code < 0
+                                   else f"exited with code {code}"))
+  who = ", ".join(dead) or "a worker"
+  return WorkerDiedError(
+      f"a data loader worker process died ({who}): stopping; the last checkpoint is kept, "
+      "re-run the same command to resume. If the kernel killed it (out of memory), lower "
+      "config.data.num_workers or config.data.prefetch.")
 
 
 def _init_worker(factory: Tuple[Callable, tuple]):
@@ -81,11 +104,16 @@ def prefetched(maker, factory: Tuple[Callable, tuple], indices: Iterable[int], *
     workers: > 0: that many spawned worker processes; else `threads` threads.
     prefetch: batches kept ready beyond those being built.
   """
+  workers_seen = {}   # pid -> Process of each worker; a broken pool forgets its dead ones.
   if workers > 0:
     pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker, initargs=(factory,))
-    submit = lambda i: pool.submit(_worker_batch, i)
+
+    def submit(i):
+      future = pool.submit(_worker_batch, i)
+      workers_seen.update(getattr(pool, "_processes", None) or {})   # CPython detail.
+      return future
     receive = _from_shared
   else:
     workers = max(1, threads)
@@ -98,9 +126,12 @@ def prefetched(maker, factory: Tuple[Callable, tuple], indices: Iterable[int], *
     for i in itertools.islice(it, max(1, prefetch) + workers - 1):
       queue.append(submit(i))
     while queue:
-      batch = receive(queue.popleft().result())
-      for i in itertools.islice(it, 1):
-        queue.append(submit(i))
+      try:
+        batch = receive(queue.popleft().result())
+        for i in itertools.islice(it, 1):
+          queue.append(submit(i))
+      except concurrent.futures.process.BrokenProcessPool:
+        raise _died(workers_seen) from None
       yield batch
   finally:
     try:

@@ -39,6 +39,11 @@ class PipelineConfigError(ValueError):
   """The config and the dataset do not fit together (the message names the key)."""
 
 
+class DataReadError(RuntimeError):
+  """An image record cannot be read (corrupt shard): the message names the shard file and
+  the record index (schema.record_problem); `validate` reports the same line."""
+
+
 # ----------------------------------------------------------------------------- dataset
 
 def data_dir(config) -> str:
@@ -93,15 +98,17 @@ class _Split:
       raise PipelineConfigError(f"split {split!r} (config.data.train_split / eval_split) is "
                                 f"not in {self.dir}: it has {sorted(meta['splits'])}")
     self.meta = meta
+    self.name = split
     self.images = schema.open_images(self.dir, split)
     self._records = self.images.raw.data_source   # Serialized records, random access.
-    self._fast = len(self.images) > 0
-    if self._fast:
+    self._fast = False
+    if len(self.images) > 0:
+      reference = self.record(0)                  # TFDS's decoder (DataReadError if bad).
       try:
-        record_decode.check(self.images[0], record_decode.decode(self._records[0]))
+        record_decode.check(reference, record_decode.decode(self._records[0]))
+        self._fast = True
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("%s: fast record decoding unavailable (%s); using TFDS's", self.dir, e)
-        self._fast = False
     self.captions = schema.load_captions(self.dir, split)
     self.num_captions = len(self.captions)
     if self.num_captions == 0:
@@ -153,9 +160,18 @@ class _Split:
     return int(others[rng.integers(len(others))])
 
   def record(self, image_index: int) -> dict:
-    if self._fast:
-      return record_decode.decode(self._records[image_index])
-    return self.images[image_index]
+    """The image record; DataReadError naming the shard file when it cannot be read."""
+    try:
+      if self._fast:
+        raw = self._records[image_index]
+        if not raw:   # ArrayRecord returns nothing for a shard it cannot open (truncated).
+          raise ValueError("no data: the shard file is truncated or unreadable")
+        return record_decode.decode(raw)
+      return self.images[image_index]
+    except Exception as e:  # pylint: disable=broad-except
+      raise DataReadError(schema.record_problem(self.dir, self.name, image_index, e) +
+                          f"; check the dataset: python -m interbert_jax.data.validate "
+                          f"{self.dir} --sample=0") from None
 
   def fill(self, out: dict, row: int, caption_index: int, rng) -> None:
     """Writes example (caption_index, rng) into row `row` of the batch arrays `out`."""

@@ -436,6 +436,77 @@ def open_images(data_dir, split) -> ImageSource:
   return ImageSource(images_builder(data_dir, split).as_data_source(TFDS_SPLIT))
 
 
+def shard_files(data_dir, split) -> list:
+  """[(path, number of records)] of the split's ArrayRecord shards, in record order.
+
+  From the TFDS metadata (dataset_info.json): record i of the split is in the first shard
+  whose cumulative length exceeds i.
+  """
+  info = images_builder(data_dir, split).info.splits[TFDS_SPLIT]
+  return [(os.fspath(p), int(n)) for p, n in zip(info.filepaths, info.shard_lengths)]
+
+
+def locate_record(shards, index: int):
+  """Record `index` of a split -> (its shard's path, its index within that shard)."""
+  start = 0
+  for path, n in shards:
+    if index < start + n:
+      return path, index - start
+    start += n
+  raise IndexError(f"record {index} is past the {start} records of the shards")
+
+
+def error_line(error: BaseException, limit: int = 300) -> str:
+  """'Type: first line of the message', at most `limit` characters (reader errors can run
+  to many lines)."""
+  text = str(error).strip().splitlines()
+  line = f"{type(error).__name__}: {text[0] if text else ''}"
+  return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def record_problem(data_dir, split, index: int, why) -> str:
+  """One line naming the shard file and record of image_index `index` that cannot be read.
+
+  Shared by the input pipeline (its error) and `validate` (its report).
+  """
+  if isinstance(why, BaseException):
+    why = error_line(why)
+  try:
+    path, local = locate_record(shard_files(data_dir, split), index)
+  except Exception:  # pylint: disable=broad-except
+    return (f"{split_dir(data_dir, split)}: image_index {index} of split {split!r} cannot "
+            f"be read ({why})")
+  return (f"{path}: record {local} (image_index {index} of split {split!r}) cannot be read "
+          f"({why})")
+
+
+def check_shards(data_dir, split) -> Dict[str, str]:
+  """Opens every shard of the split -> {path: problem line} for each shard that is missing,
+  cannot be opened (truncated or garbled file) or holds another number of records than the
+  TFDS metadata says."""
+  from array_record.python import array_record_module
+  problems, start = {}, 0
+  unreadable = "truncated, or not an ArrayRecord file"
+  for path, n in shard_files(data_dir, split):
+    where = f"{path} (image_index {start}..{start + n - 1} of split {split!r})"
+    start += n
+    if not os.path.exists(path):
+      problems[path] = f"{where}: missing"
+      continue
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      count = reader.num_records() if reader.ok() else None
+      reader.close()
+    except Exception as e:  # pylint: disable=broad-except
+      problems[path] = f"{where}: cannot be read ({error_line(e) if str(e) else unreadable})"
+      continue
+    if count is None:
+      problems[path] = f"{where}: cannot be read ({unreadable})"
+    elif count != n:
+      problems[path] = f"{where}: {count} records, the TFDS metadata says {n}"
+  return problems
+
+
 def load_captions(data_dir, split) -> Captions:
   """Loads DIR/<split>_captions.npz into memory, checking its internal consistency."""
   path = captions_path(data_dir, split)

@@ -5,7 +5,9 @@ r"""Checks a prepared dataset and prints its statistics.
 Per split: image/caption counts, region-count histogram and feature checks on up to
 --sample images (evenly spaced), caption-length stats (min/mean/p50/p95/max, over all
 captions), class_target and feature dim. Exits 1 with one line per problem when the
-dataset is broken (missing files, metadata/shard/record count mismatches, captions pointing
+dataset is broken (missing files, truncated or garbled shards named by file,
+metadata/shard/record count mismatches, records that cannot be read named by shard file and
+record index as the trainer names them, captions pointing
 past the image count, token ids outside the vocabulary, NaN/inf or wrongly shaped features,
 boxes outside the image, vocab size mismatch...), 0 when it is sound.
 """
@@ -72,6 +74,8 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems):
   if "num_shards" in info and len(shards) != info["num_shards"]:
     problems.append(f"{where}: {len(shards)} shard files but metadata.json says "
                     f"{info['num_shards']}")
+  bad_shards = schema.check_shards(data_dir, split)
+  problems.extend(bad_shards.values())
   try:
     caps = schema.load_captions(data_dir, split)
   except schema.DatasetError as e:
@@ -103,12 +107,15 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems):
   indices = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
   region_counts = []
   want_dist = meta["class_target"] == "distribution"
+  shards = schema.shard_files(data_dir, split)
   for i in indices:
     i = int(i)
+    if schema.locate_record(shards, i)[0] in bad_shards:
+      continue                                   # Reported once, as its shard.
     try:
       rec = images[i]
-    except Exception as e:
-      problems.append(f"{where}: record {i} cannot be read ({e})")
+    except Exception as e:  # pylint: disable=broad-except
+      problems.append(schema.record_problem(data_dir, split, i, e))
       continue
     label = f"{where}: record {i} (image {rec.get('image_id')!r})"
     nb = int(rec["num_boxes"])

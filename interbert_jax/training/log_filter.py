@@ -3,6 +3,8 @@
 Orbax, JAX and TFDS log through absl / Python logging at INFO (orbax: a few lines per
 checkpoint save, finalize and delete). A filter on absl's handler keeps INFO records that
 come from this package and drops the others unless absl's verbosity is >= 1 (`-v 1`).
+Library warnings and errors keep their first line; their tracebacks (a failed orbax save
+logs them from each of its threads) show only with -v 1.
 """
 import logging as pylogging
 import os
@@ -16,9 +18,23 @@ class OwnInfoFilter(pylogging.Filter):
   """Passes WARNING and above, and below that only records logged by interbert_jax."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    if record.levelno >= pylogging.WARNING or logging.get_verbosity() >= 1:
+    if logging.get_verbosity() >= 1:
       return True
-    return record.pathname.startswith(_PACKAGE_DIR)
+    own = record.pathname.startswith(_PACKAGE_DIR)
+    if record.levelno < pylogging.WARNING:
+      return own
+    if not own:
+      _first_line_only(record)
+    return True
+
+
+def _first_line_only(record: pylogging.LogRecord, limit: int = 400) -> None:
+  """Cuts a library record to the first line of its message, without the traceback."""
+  lines = record.getMessage().splitlines() or [""]
+  if record.exc_info or record.exc_text or record.stack_info or len(lines) > 1:
+    first = lines[0] if len(lines[0]) <= limit else lines[0][:limit - 3] + "..."
+    record.msg, record.args = first + " [details: -v 1]", None
+    record.exc_info = record.exc_text = record.stack_info = None
 
 
 def install() -> None:
