@@ -74,11 +74,18 @@ def step_dir(workdir: str, step: int | None) -> tuple[int, str]:
   return step, os.path.join(run_state.checkpoint_dir(workdir), str(step))
 
 
+def _stored_tree(path: str):
+  """The metadata tree (shape, dtype per leaf) of an orbax item inside a step directory."""
+  import orbax.checkpoint as ocp
+  from etils import epath
+  return ocp.StandardCheckpointHandler().metadata(epath.Path(os.path.abspath(path))).tree
+
+
 def _restore_as_stored(path: str):
   """An orbax StandardCheckpointer item restored with its stored tree, shapes and dtypes."""
   import orbax.checkpoint as ocp
   ckptr = ocp.StandardCheckpointer()
-  tree = ckptr.metadata(os.path.abspath(path)).item_metadata.tree
+  tree = _stored_tree(path)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                         tree)
@@ -91,9 +98,8 @@ def _has_ema(directory: str) -> str | None:
     return "item"
   train_state = os.path.join(directory, "train_state")
   if os.path.isdir(train_state):
-    import orbax.checkpoint as ocp
-    tree = ocp.StandardCheckpointer().metadata(os.path.abspath(train_state)).item_metadata.tree
-    if isinstance(tree, dict) and EMA_KEY in tree:
+    tree = _stored_tree(train_state)
+    if EMA_KEY in tree:
       return "train_state"
   return None
 

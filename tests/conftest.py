@@ -33,7 +33,7 @@ def tiny_pretrain_run(tmp_path_factory):
        "--config.eval_batches=2", "--config.checkpoint_every_steps=300",
        f"--config.eval_retrieval_every_steps={TINY_PRETRAIN_STEPS}",
        "--config.eval_retrieval_images=16", "--config.peak_flops_per_device=1e11"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return dict(workdir=str(workdir), steps=TINY_PRETRAIN_STEPS,
               step_dir=str(workdir / "checkpoints" / str(TINY_PRETRAIN_STEPS)))
