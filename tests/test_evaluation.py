@@ -2,6 +2,7 @@
 
 One short tiny pretraining run (the `tiny_pretrain_run` session fixture, conftest.py) is
 shared by every test here:
+- the synthetic retrieval split is the pretraining world's test images, 5 captions each;
 - R@K on a hand-made score matrix (ties broken by index), and chance;
 - the trainer logged eval_ir_r1..eval_tr_r10 at its last step (config.eval_retrieval_*);
 - zero-shot image retrieval of the short run beats chance (a weak, honest bound; the
@@ -90,6 +91,21 @@ def test_recall_metrics_on_a_hand_made_matrix():
   assert m["rsum"] == pytest.approx(40 + 100 + 100 + 200 / 3 + 100 + 100)
   assert retrieval.chance(3, caption_image) == pytest.approx(
       dict(chance_ir_r1=100 / 3, chance_tr_r1=100 * (2 / 5 + 2 / 5 + 1 / 5) / 3))
+
+
+def test_synthetic_retrieval_split_is_the_test_images_with_five_captions(retrieval_dir):
+  config = pretrain.get_config("tiny")
+  meta = schema.read_metadata(retrieval_dir)["splits"]
+  assert meta == {"test": dict(meta["test"], images=200, captions=1000,
+                               images_without_captions=0)}
+  assert synthetic.ensure_retrieval(config) == retrieval_dir       # cached
+  caps = schema.load_captions(retrieval_dir, "test")
+  np.testing.assert_array_equal(np.bincount(caps.image_index), np.full(200, 5))
+  ours = schema.open_images(retrieval_dir, "test")
+  world = schema.open_images(synthetic.ensure_synthetic(config), "test")
+  for i in (0, 199):
+    for key, value in ours[i].items():
+      np.testing.assert_array_equal(value, world[i][key])
 
 
 # ----------------------------------------------------------------------------- the run
