@@ -42,6 +42,7 @@ from interbert_jax.checkpoints import workdir_check
 from interbert_jax.data import loader_pool
 from interbert_jax.data import pipeline
 from interbert_jax.evaluation import pretraining as pretraining_eval
+from interbert_jax.evaluation import retrieval as retrieval_eval
 from interbert_jax.parallel import distributed
 from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.parallel import partitioning
@@ -205,6 +206,8 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
   flops_per_example, peak = flops_and_peak(config, compiled_step)
   evaluate = pretraining_eval.Evaluator(config, model, mesh, state_sh["params"], batch_shapes,
                                         process_index=process, process_count=num_processes)
+  evaluate_retrieval = (retrieval_eval.RetrievalEvaluator(config, model, mesh, state_sh["params"])
+                        if config.eval_retrieval_every_steps else None)
 
   # ------------------------------------------------------------------ loop
   preemption = preemption_lib.PreemptionSignal()
@@ -248,6 +251,10 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
           logging.info("eval at step %d: %s", step,
                        " ".join(f"{k}={v:.4f}" for k, v in eval_scalars.items()))
         progress.update(step)   # Keep eval time out of the training throughput.
+      if evaluate_retrieval and (step % config.eval_retrieval_every_steps == 0
+                                 or step == config.total_steps):
+        writer.write(step, evaluate_retrieval(state["params"]))
+        progress.update(step)
 
       if preemption.requested(step):
         save(step, "SIGTERM")

@@ -34,6 +34,8 @@ def test_shipped_configs_are_valid(variant):
     ("data.dir", "/nonexistent/data", r"config\.data\.dir='/nonexistent/data': directory"),
     ("init_from", "/nonexistent/ckpt", r"config\.init_from='/nonexistent/ckpt'"),
     ("mesh.data", 3, r"config\.mesh: data\*fsdp\*tensor = 3"),
+    ("eval_retrieval_every_steps", -1, r"config\.eval_retrieval_every_steps=-1: must be"),
+    ("eval_retrieval_images", -5, r"config\.eval_retrieval_images=-5: must be an integer >= 0"),
 ])
 def test_bad_values_name_their_key(key, value, message):
   config = get_config("tiny")

@@ -116,8 +116,22 @@ def to_reference_checkpoint(checkpoint, output, reference_config_output=None):
   if not output.endswith(tensor_io.TORCH_SUFFIXES + (tensor_io.SAFETENSORS_SUFFIX,)):
     raise ConversionError(f"--output={output}: must end in .bin/.pt/.pth or .safetensors")
   _, params, m = model_files.load_checkpoint(checkpoint)
-  ref_cfg = model_configs.to_reference(m)
+  return write_reference(params, m, output, reference_config_output)
+
+
+def write_reference(params, m, output, reference_config_output=None):
+  """Params of config.model `m` (scanned or not) -> the reference's state dict at `output`.
+
+  Raises ConversionError when the tree holds more than the reference model has (e.g. a
+  fine-tuning head): the official state dict cannot hold it.
+  """
   params = jax.tree.map(np.asarray, unscan_params(params))
+  extra = sorted(set(model_files.flatten(params))
+                 - set(model_files.flatten(param_shapes(_unscanned(m)))))
+  if extra:
+    raise ConversionError(f"the reference state dict has no place for {extra} (a "
+                          "fine-tuning head?); export --format=native or safetensors")
+  ref_cfg = model_configs.to_reference(m)
   sd = reference.params_to_reference(params, m)
   tensor_io.write_state_dict(output, sd)
   if reference_config_output:

@@ -7,8 +7,14 @@ is empty, `~/.cache/interbert_jax/synthetic/<hash of the generating parameters>`
 reused. Generation goes to a temporary sibling directory that is renamed into place, so
 concurrent processes (parallel tests, several hosts) never see a half-written dataset.
 
+Downstream retrieval data (`ensure_retrieval`): the same world's `test` split (the same
+images, never trained on) with RETRIEVAL_CAPTIONS_PER_IMAGE = 5 captions per image, as
+Flickr30K has, in a dataset of its own (its own hash; `<synthetic.dir>-retrieval` when
+config.data.synthetic.dir is set). Evaluate on it with
+`python -m interbert_jax.evaluate retrieval --data=DIR --split=test ...`.
+
 CLI (writes the dataset and prints its directory):
-  python -m interbert_jax.data.synthetic --config=configs/pretrain.py:tiny
+  python -m interbert_jax.data.synthetic --config=configs/pretrain.py:tiny [--task=retrieval]
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ GENERATOR_VERSION = 2            # Bump when the generator's output changes.
 SPLITS = ("train", "validation", "test")
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 PARAMS_FILE = "synthetic_params.json"
+RETRIEVAL_CAPTIONS_PER_IMAGE = 5  # Flickr30K / COCO: 5 captions per image.
+TASKS = ("pretrain", "retrieval")
 
 
 def synthetic_params(config) -> dict:
@@ -51,6 +59,18 @@ def synthetic_params(config) -> dict:
       num_attributes=int(s.num_attributes or len(world.ATTRIBUTES)),
       # The world's word lists, so that editing them never reuses a stale cache.
       world=hashlib.sha256(" ".join(world.vocab_tokens()).encode()).hexdigest()[:12])
+
+
+def retrieval_params(config) -> dict:
+  """The downstream retrieval split: the world's `test` images with 5 captions each.
+
+  Captions are drawn after an image's content from the image's own generator, so the
+  images are exactly those of the pretraining world's test split.
+  """
+  params = synthetic_params(config)
+  params.update(task="retrieval", captions_per_image=RETRIEVAL_CAPTIONS_PER_IMAGE,
+                num_images={"test": params["num_images"]["test"]})
+  return params
 
 
 def params_hash(params: dict) -> str:
@@ -112,7 +132,7 @@ def generate(out_dir: str, params: dict) -> str:
   _check_params(params)
   vocab = world.vocab_tokens()
   schema.write_vocab(out_dir, vocab)
-  for split in SPLITS:
+  for split in [s for s in SPLITS if s in params["num_images"]]:
     captions = {}
 
     def records(split=split, captions=captions):
@@ -139,9 +159,18 @@ def _complete(path: str, params: dict) -> bool:
 
 def ensure_synthetic(config) -> str:
   """Returns the synthetic dataset's directory for `config`, generating it if needed."""
-  params = synthetic_params(config)
+  return _ensure(synthetic_params(config), config.data.synthetic.dir)
+
+
+def ensure_retrieval(config) -> str:
+  """Returns the synthetic retrieval dataset's directory (split `test`), generating it."""
+  d = config.data.synthetic.dir
+  return _ensure(retrieval_params(config), d.rstrip("/") + "-retrieval" if d else "")
+
+
+def _ensure(params: dict, directory: str) -> str:
   _check_params(params)
-  final = config.data.synthetic.dir or default_dir(params)
+  final = directory or default_dir(params)
   final = os.path.abspath(os.path.expanduser(final))
   if _complete(final, params):
     return final
@@ -171,7 +200,8 @@ def ensure_synthetic(config) -> str:
 def main(argv):
   del argv
   from absl import flags
-  print(ensure_synthetic(flags.FLAGS.config))
+  ensure = ensure_retrieval if flags.FLAGS.task == "retrieval" else ensure_synthetic
+  print(ensure(flags.FLAGS.config))
 
 
 if __name__ == "__main__":
@@ -180,5 +210,7 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file(
       "config", None, "Config file, e.g. configs/pretrain.py:tiny; the synthetic data is "
       "generated for its model/data shapes (override with --config.data.synthetic.*).")
+  flags.DEFINE_enum("task", "pretrain", TASKS, "pretrain: the pretraining world (train, "
+                    "validation, test); retrieval: its test split with 5 captions per image.")
   flags.mark_flags_as_required(["config"])
   app.run(main)

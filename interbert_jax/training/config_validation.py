@@ -67,8 +67,13 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
 
   for key in ("total_steps", "batch_size", "microbatches", "log_every_steps"):
     positive_int(key)
-  for key in ("eval_every_steps", "eval_batches", "checkpoint_every_steps", "keep_checkpoints"):
+  for key in ("eval_every_steps", "eval_batches", "checkpoint_every_steps", "keep_checkpoints",
+              "eval_retrieval_every_steps"):
     positive_int(key, allow_zero=True)
+  if positive_int("eval_retrieval_images", allow_zero=True):
+    check(not config.eval_retrieval_every_steps or config.eval_retrieval_images >= 2,
+          "eval_retrieval_images", "needs >= 2 images to rank when "
+          "eval_retrieval_every_steps > 0 (0 = every image of data.eval_split)")
 
   # Mesh and how the global batch divides over it.
   try:

@@ -14,6 +14,21 @@ def _layer_flops(seq: int, hidden: int, mlp: int) -> int:
   return seq * per_token
 
 
+def itm_flops_per_pair(m, text_len: int, regions: int) -> int:
+  """Forward FLOPs from the inputs to the ITM logits for one (image, caption) pair.
+
+  `m` is config.model; text_len T and regions R (incl. the global token) as padded. What
+  retrieval scoring computes (the MSM / MRM heads are not).
+  """
+  h, t, r = int(m.hidden_size), int(text_len), int(regions)
+  fwd = 2 * r * (int(m.feature_dim) + int(m.location_dim)) * h                 # region embedding
+  fwd += int(m.single_stream.layers) * _layer_flops(r + t, h, int(m.single_stream.mlp_dim))
+  fwd += int(m.text_stream.layers) * _layer_flops(t, h, int(m.text_stream.mlp_dim))
+  fwd += int(m.image_stream.layers) * _layer_flops(r, h, int(m.image_stream.mlp_dim))
+  fwd += 2 * 2 * h * int(m.pooler_dim) + 2 * int(m.pooler_dim) * 2            # poolers, ITM
+  return fwd
+
+
 def train_flops_per_example(config) -> int:
   """Analytic training FLOPs for one example: 3x forward (backward = 2x forward).
 
@@ -25,11 +40,7 @@ def train_flops_per_example(config) -> int:
   t = int(d.text_len)
   r = int(d.max_regions) + 1
   p = int(d.max_msm_targets) or t
-  fwd = 2 * r * (int(m.feature_dim) + int(m.location_dim)) * h                 # region embedding
-  fwd += int(m.single_stream.layers) * _layer_flops(r + t, h, int(m.single_stream.mlp_dim))
-  fwd += int(m.text_stream.layers) * _layer_flops(t, h, int(m.text_stream.mlp_dim))
-  fwd += int(m.image_stream.layers) * _layer_flops(r, h, int(m.image_stream.mlp_dim))
-  fwd += 2 * 2 * h * int(m.pooler_dim) + 2 * int(m.pooler_dim) * 2            # poolers, ITM
+  fwd = itm_flops_per_pair(m, t, r)
   fwd += 2 * p * (h * h + h * int(m.vocab_size))                                # MSM head
   out = int(m.feature_dim) if m.mrm_target == "regress" else int(m.num_region_classes)
   fwd += 2 * r * (h * h + h * out)                                              # MRM head
