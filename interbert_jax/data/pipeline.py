@@ -164,10 +164,20 @@ class _Split:
     if rng.random() < self.itm_negative_prob:
       caption_index, label = self._negative(rng, image_index), 1
     out["itm_labels"][row] = label
+    self.fill_text(out, row, caption_index, rng)
+    self.fill_regions(out, row, image_index, rng)
 
-    # Text: [CLS] w_1..w_n [SEP] pad, MSM on the n caption tokens.
+  def fill_text(self, out: dict, row: int, caption_index: int, rng=None) -> None:
+    """Text: [CLS] w_1..w_n [SEP] pad; MSM on the n caption tokens (rng None: no masking)."""
     tokens = self._caption(caption_index)
     n = tokens.shape[0]
+    ids = out["text_ids"][row]
+    ids[0] = self.cls_id
+    ids[n + 1] = self.sep_id
+    out["text_mask"][row, :n + 2] = 1
+    if rng is None:
+      ids[1:n + 1] = tokens
+      return
     targets = masking.msm_target_mask(rng, n, self.msm_cfg)
     pos = np.flatnonzero(targets)[:self.P]
     if len(pos) < targets.sum():      # Over the fixed target budget: unmask the rest.
@@ -177,17 +187,15 @@ class _Split:
                                         vocab_size=self.vocab_size,
                                         mask_prob=self.msm_cfg.mask_prob,
                                         random_prob=self.msm_cfg.random_prob)
-    ids = out["text_ids"][row]
-    ids[0] = self.cls_id
     ids[1:n + 1] = corrupted
-    ids[n + 1] = self.sep_id
-    out["text_mask"][row, :n + 2] = 1
     k = len(pos)
     out["msm_positions"][row, :k] = pos + 1
     out["msm_targets"][row, :k] = tokens[pos]
     out["msm_weights"][row, :k] = 1.0
 
-    # Regions: [global, r_1..r_K, pad], MRM on the K real regions.
+  def fill_regions(self, out: dict, row: int, image_index: int, rng=None) -> None:
+    """Regions: [global, r_1..r_K, pad]; MRM on the K real regions (rng None: no masking,
+    and only the model-input keys are written)."""
     rec = self.record(image_index)
     keep = masking.select_regions(rec["object_conf"], max_regions=self.max_regions,
                                   adaptive=self.adaptive, min_regions=self.min_regions,
@@ -196,16 +204,20 @@ class _Split:
     identity = nk == rec["features"].shape[0] and (nk == 0 or keep[-1] == nk - 1)
     feats = rec["features"] if identity else rec["features"][keep]
     boxes = rec["boxes"] if identity else rec["boxes"][keep]
-    mrm_targets, zeroed = masking.mrm_masks(rng, boxes, self.mrm_cfg)
     f = out["region_features"][row]
     f[1:nk + 1] = feats
-    f[1:nk + 1][zeroed] = 0
-    if nk:
-      f[0] = masking.global_feature(f[1:nk + 1] if self.global_from_masked else feats)
     loc = out["region_locations"][row]
     loc[0] = masking.GLOBAL_LOCATION
     loc[1:nk + 1] = masking.region_locations(boxes, rec["width"], rec["height"])
     out["region_mask"][row, :nk + 1] = 1
+    if rng is None:
+      if nk:
+        f[0] = masking.global_feature(feats)
+      return
+    mrm_targets, zeroed = masking.mrm_masks(rng, boxes, self.mrm_cfg)
+    f[1:nk + 1][zeroed] = 0
+    if nk:
+      f[0] = masking.global_feature(f[1:nk + 1] if self.global_from_masked else feats)
     out["mrm_weights"][row, 1:nk + 1] = mrm_targets
     classes = rec["object_ids"] if identity else rec["object_ids"][keep]
     out["mrm_target_classes"][row, 1:nk + 1] = classes
