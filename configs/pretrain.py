@@ -163,6 +163,9 @@ def get_config(arg="tiny"):
   c.finetune = ml_collections.ConfigDict(dict(
       num_neighbours=10,               # retrieval: hard-negative captions come from the K
                                        # nearest images by region-feature similarity.
+      labels=(),                       # classification: label names; () = the sorted labels
+                                       # of the training TSV.
+      vocab="",                        # classification: vocab.txt; "" = <data.dir>/vocab.txt.
       ))
 
   c.loss = ml_collections.ConfigDict(dict(

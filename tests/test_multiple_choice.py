@@ -1,7 +1,6 @@
 """Multiple choice (VCR-style): the VCR importer (tags, errors naming file and line), the
 synthetic questions (distractors change one object or attribute), batches, the model head
 over an unchanged InterBERT tree, and the Q->A / QA->R / Q->AR metrics."""
-import itertools
 import json
 
 import flax

@@ -1,7 +1,6 @@
 """Retrieval fine-tuning data: the 4 pairs per caption, hard negatives from the cached
 nearest images, determinism and exact resume, host sharding, bad batch sizes."""
 import itertools
-import os
 
 import numpy as np
 import pytest

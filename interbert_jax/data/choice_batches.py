@@ -11,12 +11,11 @@ so a question's two modes sit in adjacent rows (Q->AR accuracy pairs them).
 Keys: text_ids, text_mask, segment_ids int32 [B, C, T]; region_features [B, R, F];
 region_locations [B, R, 5]; region_mask [B, R]; labels int32 [B]; mode int32 [B].
 """
-import itertools
+import functools
 
 import numpy as np
 
 from interbert_jax.data import choices as choices_lib
-from interbert_jax.data import loader_pool
 from interbert_jax.data import pipeline
 from interbert_jax.data import synthetic_choices
 
@@ -85,31 +84,16 @@ class ChoiceBatches:
     n = self.num_examples
     first = index * self.global_batch + self.process_index * self.host_batch
     for row in range(self.host_batch):
-      g = first + row
-      if self.kind == "train":
-        epoch, j = divmod(g, n)
-        example = int(pipeline.epoch_permutation(self.seed, epoch, n)[j])
-      else:
-        example = g % n
-      self.fill(out, row, example)
+      self.fill(out, row, pipeline.example_at(self.kind, self.seed, first + row, n))
     return out
 
-
-def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
-  args = (config, "train", config.data.train_split, process_index, process_count)
-  return loader_pool.prefetched(ChoiceBatches(*args), (ChoiceBatches, args),
-                                itertools.count(start_step), **pipeline._pool_options(config))  # pylint: disable=protected-access
+  def num_eval_batches(self) -> int:
+    """Default eval length: the max(1, n // batch_size) full batches."""
+    return max(1, self.num_examples // self.global_batch)
 
 
-def eval_iterator(config, *, num_batches=None, process_index=0, process_count=1):
-  """Deterministic pass over config.data.eval_split in stored order; default: the
-  max(1, n // batch_size) full batches (every example at most once)."""
-  args = (config, "eval", config.data.eval_split, process_index, process_count)
-  maker = ChoiceBatches(*args)
-  if num_batches is None:
-    num_batches = max(1, maker.num_examples // config.batch_size)
-  return loader_pool.prefetched(maker, (ChoiceBatches, args), range(num_batches),
-                                **pipeline._pool_options(config))  # pylint: disable=protected-access
+train_iterator = functools.partial(pipeline.maker_iterator, ChoiceBatches, kind="train")
+eval_iterator = functools.partial(pipeline.maker_iterator, ChoiceBatches, kind="eval")
 
 
 def steps_per_epoch(config) -> float:

@@ -261,6 +261,15 @@ def example_rng(seed: int, stream: int, epoch: int, position: int) -> np.random.
   return np.random.default_rng([seed, stream, epoch, position])
 
 
+def example_at(kind: str, seed: int, position: int, n: int) -> int:
+  """The example at global position g of n: training: permutation_epoch[g % n] of epoch
+  g // n; eval: g % n (stored order, wrapping around)."""
+  if kind == "train":
+    epoch, j = divmod(position, n)
+    return int(epoch_permutation(seed, epoch, n)[j])
+  return position % n
+
+
 def _train_batch(split: _Split, step: int, host_batch: int, process_index: int,
                  out: Optional[dict] = None) -> dict:
   d = split.config.data
@@ -319,6 +328,27 @@ def _pool_options(config) -> dict:
 
 
 # ----------------------------------------------------------------------------- API
+
+def maker_iterator(maker_cls, config, kind: str, *, start_step: int = 0, num_batches=None,
+                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Prefetched batches of a fine-tuning batch maker `maker_cls(config, kind, split,
+  process_index, process_count)` (a loader_pool maker with `num_eval_batches()`):
+  training from `start_step` on (infinite), or eval batches 0..num_batches-1 (default
+  the maker's `num_eval_batches()`)."""
+  split = config.data.train_split if kind == "train" else config.data.eval_split
+  args = (config, kind, split, process_index, process_count)
+  maker = maker_cls(*args)
+  if kind == "train":
+    indices = itertools.count(start_step)
+  else:
+    indices = range(num_batches or maker.num_eval_batches())
+  return loader_pool.prefetched(maker, (maker_cls, args), indices, **_pool_options(config))
+
+
+def steps_per_epoch(config) -> float:
+  """Training steps per pass over the training captions."""
+  return dataset_info(config)["num_captions"] / config.batch_size
+
 
 def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict]:

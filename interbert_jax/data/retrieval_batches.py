@@ -16,11 +16,10 @@ Keys (docs/design.md batch contract, the model inputs only): text_ids, text_mask
 segment_ids [B,T]; region_features [B,R,F]; region_locations [B,R,5]; region_mask [B,R];
 itm_labels [B].
 """
-import itertools
+import functools
 
 import numpy as np
 
-from interbert_jax.data import loader_pool
 from interbert_jax.data import neighbours as neighbours_lib
 from interbert_jax.data import pipeline
 
@@ -96,35 +95,23 @@ class RetrievalBatches:
     first = index * self.global_groups + self.process_index * self.groups
     for q in range(self.groups):
       g = first + q
+      caption = pipeline.example_at(self.kind, self.seed, g, m)
       if self.kind == "train":
-        epoch, j = divmod(g, m)
-        caption = int(pipeline.epoch_permutation(self.seed, epoch, m)[j])
-        rng = pipeline.example_rng(self.seed, _TRAIN_STREAM, epoch, g)
-      else:                       # eval: captions in stored order, wrapping around
-        caption, rng = g % m, pipeline.example_rng(self.seed, _EVAL_STREAM, 0, g)
+        rng = pipeline.example_rng(self.seed, _TRAIN_STREAM, g // m, g)
+      else:
+        rng = pipeline.example_rng(self.seed, _EVAL_STREAM, 0, g)
       self.fill_group(out, q, caption, rng)
     return out
 
-
-def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
-  """Infinite iterator of this host's retrieval training batches from `start_step` on."""
-  args = (config, "train", config.data.train_split, process_index, process_count)
-  return loader_pool.prefetched(RetrievalBatches(*args), (RetrievalBatches, args),
-                                itertools.count(start_step), **pipeline._pool_options(config))  # pylint: disable=protected-access
+  def num_eval_batches(self) -> int:
+    """Default eval length: the full batches of one pass over the captions."""
+    return max(1, self.split.num_captions // self.global_groups)
 
 
-def eval_iterator(config, *, num_batches=None, process_index=0, process_count=1):
-  """Finite, deterministic iterator over config.data.eval_split (same pairs every call);
-  num_batches defaults to max(1, 4 * num_captions // batch_size)."""
-  args = (config, "eval", config.data.eval_split, process_index, process_count)
-  maker = RetrievalBatches(*args)
-  if num_batches is None:
-    num_batches = max(1, PAIRS_PER_CAPTION * maker.split.num_captions // config.batch_size)
-  return loader_pool.prefetched(maker, (RetrievalBatches, args), range(num_batches),
-                                **pipeline._pool_options(config))  # pylint: disable=protected-access
+train_iterator = functools.partial(pipeline.maker_iterator, RetrievalBatches, kind="train")
+eval_iterator = functools.partial(pipeline.maker_iterator, RetrievalBatches, kind="eval")
 
 
 def steps_per_epoch(config) -> float:
-  """Training steps per pass over the training captions."""
-  info = pipeline.dataset_info(config)
-  return PAIRS_PER_CAPTION * info["num_captions"] / config.batch_size
+  """Training steps per pass over the training captions (4 pairs each)."""
+  return PAIRS_PER_CAPTION * pipeline.steps_per_epoch(config)

@@ -10,12 +10,12 @@ Batches: text_ids, text_mask, segment_ids int32 [B, T] (`[CLS] a [SEP] (b [SEP])
 segment 1 for b), labels int32 [B]. Training order: pipeline.epoch_permutation; eval: in
 order (the max(1, n // B) full batches).
 """
-import itertools
+import functools
 import os
+import shutil
 
 import numpy as np
 
-from interbert_jax.data import loader_pool
 from interbert_jax.data import pipeline
 from interbert_jax.data import schema
 from interbert_jax.data import synthetic
@@ -61,14 +61,15 @@ def synthetic_text_dir(config) -> str:
     with open(os.path.join(tmp, f"{split}.tsv"), "w", encoding="utf-8") as f:
       f.write("label\tsentence\n")
       for k in range(len(caps)):
-        # The attribute word is what the label reads: drop it... no: keep the sentence
-        # whole and label it, so the task is reading, not guessing.
         text = [words[i] for i in caps.caption(k)]
         label = next(w for w in text if w in attributes)
         f.write(f"{label}\t{' '.join(text)}\n")
   with open(os.path.join(tmp, "vocab.txt"), "w") as f:
     f.write("\n".join(words) + "\n")
-  os.replace(tmp, out) if not os.path.exists(out) else None
+  try:
+    os.rename(tmp, out)
+  except OSError:             # another process finished first: its identical copy stays
+    shutil.rmtree(tmp, ignore_errors=True)
   return out
 
 
@@ -129,29 +130,16 @@ class TextBatches:
     n = len(self.examples)
     first = index * self.global_batch + self.process_index * self.host_batch
     for row in range(self.host_batch):
-      g = first + row
-      if self.kind == "train":
-        epoch, j = divmod(g, n)
-        example = int(pipeline.epoch_permutation(self.seed, epoch, n)[j])
-      else:
-        example = g % n
-      self.fill(out, row, example)
+      self.fill(out, row, pipeline.example_at(self.kind, self.seed, first + row, n))
     return out
 
-
-def train_iterator(config, *, start_step=0, process_index=0, process_count=1):
-  args = (config, "train", config.data.train_split, process_index, process_count)
-  return loader_pool.prefetched(TextBatches(*args), (TextBatches, args),
-                                itertools.count(start_step), **pipeline._pool_options(config))  # pylint: disable=protected-access
+  def num_eval_batches(self) -> int:
+    """Default eval length: the max(1, n // batch_size) full batches."""
+    return max(1, len(self.examples) // self.global_batch)
 
 
-def eval_iterator(config, *, num_batches=None, process_index=0, process_count=1):
-  args = (config, "eval", config.data.eval_split, process_index, process_count)
-  maker = TextBatches(*args)
-  if num_batches is None:
-    num_batches = max(1, len(maker.examples) // config.batch_size)
-  return loader_pool.prefetched(maker, (TextBatches, args), range(num_batches),
-                                **pipeline._pool_options(config))  # pylint: disable=protected-access
+train_iterator = functools.partial(pipeline.maker_iterator, TextBatches, kind="train")
+eval_iterator = functools.partial(pipeline.maker_iterator, TextBatches, kind="eval")
 
 
 def steps_per_epoch(config) -> float:

@@ -17,6 +17,8 @@ class Task:
   # Top-level subtrees of a pretrained InterBERT checkpoint this task's model does not
   # have: `config.init_from` skips them instead of failing on unknown parameters.
   init_from_ignore: tuple = ()
+  # The task's batches: a module with train_iterator, eval_iterator, steps_per_epoch.
+  data = pipeline
 
   def build_model(self, config):
     """-> linen Module; its parameter tree holds InterBert's (docs/design.md) plus heads."""
@@ -45,19 +47,19 @@ class Task:
 
   def train_iterator(self, config, *, start_step=0, process_index=0, process_count=1):
     """Infinite iterator of host batches; batch k a pure function of (config, k, host)."""
-    return pipeline.train_iterator(config, start_step=start_step, process_index=process_index,
-                                   process_count=process_count)
+    return self.data.train_iterator(config, start_step=start_step,
+                                    process_index=process_index, process_count=process_count)
 
   def eval_iterator(self, config, *, num_batches=None, process_index=0, process_count=1):
     """Finite, deterministic iterator over config.data.eval_split."""
-    return pipeline.eval_iterator(config, num_batches=num_batches, process_index=process_index,
-                                  process_count=process_count)
+    return self.data.eval_iterator(config, num_batches=num_batches,
+                                   process_index=process_index, process_count=process_count)
 
   def steps_per_epoch(self, config):
-    """Training steps per pass over the data (for epoch-based LR schedules); None = unused."""
+    """Training steps per pass over the data (for `optimizer.schedule="step_decay"`)."""
     if config.optimizer.schedule == "linear_decay":
       return None
-    return pipeline.dataset_info(config)["num_captions"] / config.batch_size
+    return self.data.steps_per_epoch(config)
 
   def flops_per_example(self, config) -> int:
     """Analytic training FLOPs per example (the MFU numerator)."""

@@ -40,6 +40,7 @@ class MultipleChoiceModel(interbert.InterBert):
 
 class MultipleChoiceTask(base.Task):
   name = "multiple_choice"
+  data = choice_batches
   log_keys = ("mc_acc",)
 
   def build_model(self, config):
@@ -81,19 +82,6 @@ class MultipleChoiceTask(base.Task):
     metrics = base.safe_mean(terms, {k: v for k, v in names.items() if v in terms})
     metrics["loss"] = metrics["mc_loss"]
     return metrics["loss"], metrics
-
-  def train_iterator(self, config, *, start_step=0, process_index=0, process_count=1):
-    return choice_batches.train_iterator(config, start_step=start_step,
-                                         process_index=process_index,
-                                         process_count=process_count)
-
-  def eval_iterator(self, config, *, num_batches=None, process_index=0, process_count=1):
-    return choice_batches.eval_iterator(config, num_batches=num_batches,
-                                        process_index=process_index,
-                                        process_count=process_count)
-
-  def steps_per_epoch(self, config):
-    return choice_batches.steps_per_epoch(config)
 
   def flops_per_example(self, config):
     return choice_batches.NUM_CHOICES * super().flops_per_example(config)

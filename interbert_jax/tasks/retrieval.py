@@ -12,6 +12,7 @@ from interbert_jax.tasks import base
 
 class RetrievalTask(base.Task):
   name = "retrieval"
+  data = retrieval_batches
   log_keys = ("itm_acc",)
 
   def apply(self, model, params, batch, *, deterministic, rng=None):
@@ -42,19 +43,6 @@ class RetrievalTask(base.Task):
     metrics = base.safe_mean(terms, {k: v for k, v in names.items() if v in terms})
     metrics["loss"] = metrics["itm_loss"]
     return metrics["loss"], metrics
-
-  def train_iterator(self, config, *, start_step=0, process_index=0, process_count=1):
-    return retrieval_batches.train_iterator(config, start_step=start_step,
-                                            process_index=process_index,
-                                            process_count=process_count)
-
-  def eval_iterator(self, config, *, num_batches=None, process_index=0, process_count=1):
-    return retrieval_batches.eval_iterator(config, num_batches=num_batches,
-                                           process_index=process_index,
-                                           process_count=process_count)
-
-  def steps_per_epoch(self, config):
-    return retrieval_batches.steps_per_epoch(config)
 
 
 TASK = RetrievalTask()
