@@ -108,3 +108,12 @@ def test_resume_is_bitwise_exact_with_ema(setup, straight):
   for item in ("params", "ema_params", "train_state"):
     chex.assert_trees_all_equal(_restore(straight[0], TOTAL, item),
                                 _restore(workdir, TOTAL, item), strict=True)
+
+
+def test_evaluate_refuses_other_tasks_and_missing_checkpoints(straight, tmp_path):
+  from interbert_jax.evaluation import finetuned
+  with pytest.raises(finetuned.EvaluationError, match="trained for task 'retrieval'"):
+    finetuned.evaluate(straight[0], task_name="multiple_choice")
+  with pytest.raises(finetuned.EvaluationError, match="no training checkpoint"):
+    finetuned.evaluate(str(tmp_path), task_name="classification")
+  assert finetuned.resolve_checkpoint(straight[0]) == (straight[0], TOTAL)
