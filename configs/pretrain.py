@@ -141,6 +141,8 @@ def get_config(arg="tiny"):
   c.model = model_config(variant)
   c.data = data_config(variant)
 
+  c.task = "pretrain"                  # interbert_jax.tasks.TASKS: pretrain | retrieval |
+                                       # multiple_choice | classification (configs/finetune_*.py).
   c.seed = 0
   c.total_steps = 91_000               # ~15 epochs of Conceptual Captions at batch 512.
   c.batch_size = 512                   # global, in examples.
@@ -159,6 +161,19 @@ def get_config(arg="tiny"):
   c.keep_checkpoints = 3
   c.init_from = ""                     # a converted checkpoint (interbert_jax.convert) to start from.
   c.peak_flops_per_device = 0.0        # MFU denominator (FLOP/s); 0 = measure a big matmul at start-up.
+  # Exponential moving average of the weights, kept in the train state and checkpoints
+  # (item `ema_params`) and used for evaluation; 0 = off. Decay after t updates:
+  # min(ema_decay, (1 + t) / (10 + t)). Fine-tuning configs use 0.9999.
+  c.ema_decay = 0.0
+
+  # Fine-tuning tasks (config.task != "pretrain"); interbert_jax/tasks/.
+  c.finetune = ml_collections.ConfigDict(dict(
+      num_neighbours=10,               # retrieval: hard-negative captions come from the K
+                                       # nearest images by region-feature similarity.
+      labels=(),                       # classification: label names; () = the sorted labels
+                                       # of the training TSV.
+      vocab="",                        # classification: vocab.txt; "" = <data.dir>/vocab.txt.
+      ))
 
   c.loss = ml_collections.ConfigDict(dict(
       msm_weight=1.0, mrm_weight=1.0, itm_weight=1.0,
@@ -169,6 +184,9 @@ def get_config(arg="tiny"):
       learning_rate=1e-4,              # new weights.
       bert_lr_multiplier=0.1,          # BERT-initialised weights train at 1e-5.
       warmup_fraction=0.1,
+      schedule="linear_decay",         # training/optimizer.py SCHEDULES: linear_decay | step_decay.
+      decay_epochs=(),                 # step_decay: epochs at which the LR is multiplied by
+      decay_factor=0.1,                # decay_factor (after warm-up it is constant otherwise).
       b1=0.9, b2=0.999, eps=1e-6,
       weight_decay=0.01,
       grad_clip_norm=1.0,

@@ -1,9 +1,14 @@
-r"""InterBERT pretraining: one trainer, read top to bottom.
+r"""InterBERT pretraining and fine-tuning: one trainer, read top to bottom.
 
   python -m interbert_jax.main --config=configs/pretrain.py:tiny --workdir=workdirs/tiny
+  python -m interbert_jax.main --config=configs/finetune_retrieval.py:tiny \
+      --config.init_from=workdirs/tiny/checkpoints/3000 --workdir=workdirs/tiny_retrieval
   python -m interbert_jax.main --config=configs/pretrain.py:base --workdir=gs://bucket/run \
       --config.data.dir=/data/cc_prepared --config.init_from=/ckpt/bert_base_converted \
       --config.mesh.fsdp=8
+
+`config.task` (interbert_jax/tasks) picks what is trained: its batches, model heads, loss
+terms and eval; the loop below is the same for every task.
 
 Outputs in --workdir: config.json (resolved config), metrics.jsonl (one JSON object per
 log step, eval_* keys at eval steps), tb/ (TensorBoard), checkpoints/<step>/ (orbax;
@@ -37,6 +42,7 @@ import numpy as np
 
 import interbert_jax
 from interbert_jax.checkpoints import init_from as init_from_lib
+from interbert_jax import tasks
 from interbert_jax.checkpoints import run_state
 from interbert_jax.checkpoints import workdir_check
 from interbert_jax.data import loader_pool
@@ -85,7 +91,7 @@ def _write_config(workdir: str, config) -> None:
       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
-def init_or_restore(config, model, tx, ckpt, mesh):
+def init_or_restore(config, task, model, tx, ckpt, mesh):
   """-> (state, train_rng, abstract state, state shardings, start step).
 
   Restores the newest checkpoint that reads (start step = its step; unreadable newer ones
@@ -95,7 +101,8 @@ def init_or_restore(config, model, tx, ckpt, mesh):
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   init_rng = partitioning.replicate(jax.random.key_data(init_rng), mesh)
   train_rng = partitioning.replicate(jax.random.key_data(train_rng), mesh)
-  abstract, state_sh = state_lib.abstract_state(model, tx, mesh, init_rng)
+  init_args = dict(inputs=task.init_inputs(config.model), ema=config.ema_decay > 0)
+  abstract, state_sh = state_lib.abstract_state(model, tx, mesh, init_rng, **init_args)
   logging.info("parameters: %s", f"{interbert_jax.model.count_params(abstract['params']):,}")
   restored = ckpt.restore_latest(abstract, partitioning.replicated(mesh))
   if restored is not None:
@@ -103,18 +110,22 @@ def init_or_restore(config, model, tx, ckpt, mesh):
     logging.info("resumed from %s/%d (data position %s)", ckpt.directory, start_step,
                  data_state)
     return state, train_rng, abstract, state_sh, start_step
-  state = state_lib.create_state(model, tx, state_sh, init_rng)
+  state = state_lib.create_state(model, tx, state_sh, init_rng, **init_args)
   if config.init_from:
     # Only parameters come from the checkpoint; Adam moments stay zero.
-    state["params"] = init_from_lib.load_init_params(config.init_from, state["params"])
+    state["params"] = init_from_lib.load_init_params(config.init_from, state["params"],
+                                                     ignore=task.init_from_ignore)
+    if "ema_params" in state:
+      state = state_lib.reset_ema(state, state_sh)
   return state, train_rng, abstract, state_sh, 0
 
 
-def compile_train_step(config, model, opt, abstract, state_sh, batch_shapes, train_rng, mesh):
+def compile_train_step(config, task, model, opt, abstract, state_sh, batch_shapes, train_rng,
+                       mesh):
   """The jitted, sharded, donating update step, compiled once; logs its memory."""
   t0 = time.perf_counter()
   compiled = train_step_lib.compile_train_step(config, model, opt, abstract, state_sh,
-                                               batch_shapes, train_rng, mesh)
+                                               batch_shapes, train_rng, mesh, task=task)
   memory = compiled.memory_analysis()
   logging.info("train step compiled in %.1fs; per device: %.1f MB arguments, %.1f MB temp",
                time.perf_counter() - t0,
@@ -123,9 +134,9 @@ def compile_train_step(config, model, opt, abstract, state_sh, batch_shapes, tra
   return compiled
 
 
-def flops_and_peak(config, compiled) -> tuple[float, float]:
+def flops_and_peak(config, task, compiled) -> tuple[float, float]:
   """(analytic train FLOPs per example, peak FLOP/s per device) for the MFU metric."""
-  flops_per_example = flops_lib.train_flops_per_example(config)
+  flops_per_example = task.flops_per_example(config)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   compiled_flops = float((cost or {}).get("flops", float("nan")))
@@ -150,7 +161,8 @@ def check_finite(window: list[dict], step: int, writer, ckpt) -> None:
 
 
 def train(config, workdir: str):
-  """Runs (or resumes) pretraining; returns the final train state (None if already done)."""
+  """Runs (or resumes) training of config.task; returns the final train state (None if
+  already done)."""
   # ------------------------------------------------------------------ logging & checks
   process, num_processes = jax.process_index(), jax.process_count()
   config_validation.validate_config(config, num_devices=jax.device_count(),
@@ -185,28 +197,32 @@ def train(config, workdir: str):
 
 
 def _train_loop(config, mesh, ckpt, writer, process, num_processes):
+  task = tasks.get_task(config)
   # ------------------------------------------------------------------ model, optimizer, state
-  model = interbert_jax.build_model(config.model)
-  opt = optimizer_lib.build_optimizer(config)
-  state, train_rng, abstract, state_sh, start_step = init_or_restore(config, model, opt.tx,
-                                                                     ckpt, mesh)
+  model = task.build_model(config)
+  opt = optimizer_lib.build_optimizer(config, steps_per_epoch=task.steps_per_epoch(config))
+  state, train_rng, abstract, state_sh, start_step = init_or_restore(config, task, model,
+                                                                     opt.tx, ckpt, mesh)
 
   # ------------------------------------------------------------------ input
   # Batch k is a pure function of (config, k, process): resuming is start_step=k.
-  train_iter = pipeline.train_iterator(config, start_step=start_step, process_index=process,
-                                       process_count=num_processes)
+  train_iter = task.train_iterator(config, start_step=start_step, process_index=process,
+                                   process_count=num_processes)
   host_batch = next(train_iter)
   batch_shapes = {k: jax.ShapeDtypeStruct((v.shape[0] * num_processes,) + v.shape[1:], v.dtype)
                   for k, v in host_batch.items()}
   logging.info("batch: %s", " ".join(f"{k}{list(s.shape)}" for k, s in batch_shapes.items()))
 
   # ------------------------------------------------------------------ update step & evals
-  compiled_step = compile_train_step(config, model, opt, abstract, state_sh, batch_shapes,
-                                     train_rng, mesh)
-  flops_per_example, peak = flops_and_peak(config, compiled_step)
+  compiled_step = compile_train_step(config, task, model, opt, abstract, state_sh,
+                                     batch_shapes, train_rng, mesh)
+  flops_per_example, peak = flops_and_peak(config, task, compiled_step)
   evaluate = pretraining_eval.Evaluator(config, model, mesh, state_sh["params"], batch_shapes,
-                                        process_index=process, process_count=num_processes)
-  evaluate_retrieval = (retrieval_eval.RetrievalEvaluator(config, model, mesh, state_sh["params"])
+                                        process_index=process, process_count=num_processes,
+                                        task=task)
+  eval_params = "ema_params" if "ema_params" in state else "params"   # EMA weights when kept
+  evaluate_retrieval = (retrieval_eval.RetrievalEvaluator(config, model, mesh,
+                                                          state_sh["params"])
                         if config.eval_retrieval_every_steps else None)
 
   # ------------------------------------------------------------------ loop
@@ -238,14 +254,14 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
         scalars["mfu"] = (flops_per_example * rates["examples_per_sec"]
                           / (peak * jax.device_count()))
         writer.write(step, scalars)
-        logging.info("%s | itm_acc %.3f msm_acc %.3f mrm_acc %.3f | mfu %.2f%%",
-                     progress.line(step, scalars["loss"], rates), scalars["itm_acc"],
-                     scalars["msm_acc"], scalars["mrm_acc"], 100 * scalars["mfu"])
+        logging.info("%s | %s | mfu %.2f%%", progress.line(step, scalars["loss"], rates),
+                     " ".join(f"{k} {scalars[k]:.3f}" for k in task.log_keys),
+                     100 * scalars["mfu"])
         window = []
 
       if config.eval_every_steps and (step % config.eval_every_steps == 0
                                       or step == config.total_steps):
-        eval_scalars = evaluate(state["params"])
+        eval_scalars = evaluate(state[eval_params])   # the EMA weights when kept
         if eval_scalars:
           writer.write(step, eval_scalars)
           logging.info("eval at step %d: %s", step,
@@ -253,7 +269,7 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
         progress.update(step)   # Keep eval time out of the training throughput.
       if evaluate_retrieval and (step % config.eval_retrieval_every_steps == 0
                                  or step == config.total_steps):
-        writer.write(step, evaluate_retrieval(state["params"]))
+        writer.write(step, evaluate_retrieval(state[eval_params]))
         progress.update(step)
 
       if preemption.requested(step):

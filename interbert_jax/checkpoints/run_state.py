@@ -1,7 +1,8 @@
 """Orbax checkpoints of a training run (run state) and auto-resume.
 
-Layout: `<workdir>/checkpoints/<step>/{params, train_state, data}`:
+Layout: `<workdir>/checkpoints/<step>/{params, ema_params, train_state, data}`:
   params       orbax StandardCheckpointer tree (what `interbert_jax.load_checkpoint` reads)
+  ema_params   the same tree, the weights' moving average; only when config.ema_decay > 0
   train_state  {"opt", "step", "rng"} (optimizer moments/counters, update count, base key)
   data         JSON {"step": k}: the pipeline position (batch k is a pure function of k)
 Saves are async and atomic (written to a tmp dir, renamed on commit), so `kill -9`
@@ -28,7 +29,7 @@ import orbax.checkpoint as ocp
 
 from interbert_jax.data import schema   # error_line: TensorStore errors run to many lines.
 
-ITEMS = ("params", "train_state", "data")
+ITEMS = ("params", "ema_params", "train_state", "data")
 CORRUPT_SUFFIX = ".corrupt-"
 
 
@@ -85,12 +86,13 @@ class Checkpointer:
       return False
     rest = {"opt": state["opt"], "step": state["step"], "rng": rng_data}
     data = dict(data_state or {}, step=step)
+    items = dict(params=ocp.args.StandardSave(state["params"]),
+                 train_state=ocp.args.StandardSave(rest), data=ocp.args.JsonSave(data))
+    if "ema_params" in state:
+      items["ema_params"] = ocp.args.StandardSave(state["ema_params"])
     self._pending = step
     try:
-      self._mngr.save(step, args=ocp.args.Composite(
-          params=ocp.args.StandardSave(state["params"]),
-          train_state=ocp.args.StandardSave(rest),
-          data=ocp.args.JsonSave(data)), force=True)
+      self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(e) from None
     return True
@@ -169,7 +171,8 @@ class Checkpointer:
     """Restores onto the shardings in `abstract_state` (any mesh; resharding is free here).
 
     Args:
-      abstract_state: {"params", "opt", "step"} of ShapeDtypeStruct with `.sharding` set.
+      abstract_state: {"params", "opt", "step"} (+ "ema_params") of ShapeDtypeStruct with
+        `.sharding` set.
       rng_sharding: sharding for the base key data (replicated).
     Returns:
       (state, rng_data, data_state): rng_data is the base key's raw uint32 data.
@@ -178,12 +181,15 @@ class Checkpointer:
     rest_target = {
         "opt": abstract_state["opt"], "step": abstract_state["step"],
         "rng": jax.ShapeDtypeStruct(key_data.shape, key_data.dtype, sharding=rng_sharding)}
-    out = self._mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_state["params"]),
-        train_state=ocp.args.StandardRestore(rest_target),
-        data=ocp.args.JsonRestore()))
+    items = dict(params=ocp.args.StandardRestore(abstract_state["params"]),
+                 train_state=ocp.args.StandardRestore(rest_target), data=ocp.args.JsonRestore())
+    if "ema_params" in abstract_state:
+      items["ema_params"] = ocp.args.StandardRestore(abstract_state["ema_params"])
+    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
     rest = out["train_state"]
     state = {"params": out["params"], "opt": rest["opt"], "step": rest["step"]}
+    if "ema_params" in abstract_state:
+      state["ema_params"] = out["ema_params"]
     return state, rest["rng"], dict(out["data"])
 
   def close(self):

@@ -180,10 +180,20 @@ class _Split:
     if rng.random() < self.itm_negative_prob:
       caption_index, label = self._negative(rng, image_index), 1
     out["itm_labels"][row] = label
+    self.fill_text(out, row, caption_index, rng)
+    self.fill_regions(out, row, image_index, rng)
 
-    # Text: [CLS] w_1..w_n [SEP] pad, MSM on the n caption tokens.
+  def fill_text(self, out: dict, row: int, caption_index: int, rng=None) -> None:
+    """Text: [CLS] w_1..w_n [SEP] pad; MSM on the n caption tokens (rng None: no masking)."""
     tokens = self._caption(caption_index)
     n = tokens.shape[0]
+    ids = out["text_ids"][row]
+    ids[0] = self.cls_id
+    ids[n + 1] = self.sep_id
+    out["text_mask"][row, :n + 2] = 1
+    if rng is None:
+      ids[1:n + 1] = tokens
+      return
     targets = masking.msm_target_mask(rng, n, self.msm_cfg)
     pos = np.flatnonzero(targets)[:self.P]
     if len(pos) < targets.sum():      # Over the fixed target budget: unmask the rest.
@@ -193,17 +203,15 @@ class _Split:
                                         vocab_size=self.vocab_size,
                                         mask_prob=self.msm_cfg.mask_prob,
                                         random_prob=self.msm_cfg.random_prob)
-    ids = out["text_ids"][row]
-    ids[0] = self.cls_id
     ids[1:n + 1] = corrupted
-    ids[n + 1] = self.sep_id
-    out["text_mask"][row, :n + 2] = 1
     k = len(pos)
     out["msm_positions"][row, :k] = pos + 1
     out["msm_targets"][row, :k] = tokens[pos]
     out["msm_weights"][row, :k] = 1.0
 
-    # Regions: [global, r_1..r_K, pad], MRM on the K real regions.
+  def fill_regions(self, out: dict, row: int, image_index: int, rng=None) -> None:
+    """Regions: [global, r_1..r_K, pad]; MRM on the K real regions (rng None: no masking,
+    and only the model-input keys are written)."""
     rec = self.record(image_index)
     keep = masking.select_regions(rec["object_conf"], max_regions=self.max_regions,
                                   adaptive=self.adaptive, min_regions=self.min_regions,
@@ -212,16 +220,20 @@ class _Split:
     identity = nk == rec["features"].shape[0] and (nk == 0 or keep[-1] == nk - 1)
     feats = rec["features"] if identity else rec["features"][keep]
     boxes = rec["boxes"] if identity else rec["boxes"][keep]
-    mrm_targets, zeroed = masking.mrm_masks(rng, boxes, self.mrm_cfg)
     f = out["region_features"][row]
     f[1:nk + 1] = feats
-    f[1:nk + 1][zeroed] = 0
-    if nk:
-      f[0] = masking.global_feature(f[1:nk + 1] if self.global_from_masked else feats)
     loc = out["region_locations"][row]
     loc[0] = masking.GLOBAL_LOCATION
     loc[1:nk + 1] = masking.region_locations(boxes, rec["width"], rec["height"])
     out["region_mask"][row, :nk + 1] = 1
+    if rng is None:
+      if nk:
+        f[0] = masking.global_feature(feats)
+      return
+    mrm_targets, zeroed = masking.mrm_masks(rng, boxes, self.mrm_cfg)
+    f[1:nk + 1][zeroed] = 0
+    if nk:
+      f[0] = masking.global_feature(f[1:nk + 1] if self.global_from_masked else feats)
     out["mrm_weights"][row, 1:nk + 1] = mrm_targets
     classes = rec["object_ids"] if identity else rec["object_ids"][keep]
     out["mrm_target_classes"][row, 1:nk + 1] = classes
@@ -263,6 +275,15 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 def example_rng(seed: int, stream: int, epoch: int, position: int) -> np.random.Generator:
   """The generator of one example's ITM/MSM/MRM draws."""
   return np.random.default_rng([seed, stream, epoch, position])
+
+
+def example_at(kind: str, seed: int, position: int, n: int) -> int:
+  """The example at global position g of n: training: permutation_epoch[g % n] of epoch
+  g // n; eval: g % n (stored order, wrapping around)."""
+  if kind == "train":
+    epoch, j = divmod(position, n)
+    return int(epoch_permutation(seed, epoch, n)[j])
+  return position % n
 
 
 def _train_batch(split: _Split, step: int, host_batch: int, process_index: int,
@@ -323,6 +344,27 @@ def _pool_options(config) -> dict:
 
 
 # ----------------------------------------------------------------------------- API
+
+def maker_iterator(maker_cls, config, kind: str, *, start_step: int = 0, num_batches=None,
+                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Prefetched batches of a fine-tuning batch maker `maker_cls(config, kind, split,
+  process_index, process_count)` (a loader_pool maker with `num_eval_batches()`):
+  training from `start_step` on (infinite), or eval batches 0..num_batches-1 (default
+  the maker's `num_eval_batches()`)."""
+  split = config.data.train_split if kind == "train" else config.data.eval_split
+  args = (config, kind, split, process_index, process_count)
+  maker = maker_cls(*args)
+  if kind == "train":
+    indices = itertools.count(start_step)
+  else:
+    indices = range(num_batches or maker.num_eval_batches())
+  return loader_pool.prefetched(maker, (maker_cls, args), indices, **_pool_options(config))
+
+
+def steps_per_epoch(config) -> float:
+  """Training steps per pass over the training captions."""
+  return dataset_info(config)["num_captions"] / config.batch_size
+
 
 def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict]:

@@ -13,6 +13,11 @@ from interbert_jax.model.transformer import Stack
 STACKS = ("single_stream", "text_stream", "image_stream")
 
 
+def fuse(text_pooled, image_pooled, fusion: str):
+  """The fused pooled vector [B, D] the ITM head (and fine-tuning heads) read."""
+  return text_pooled * image_pooled if fusion == "mul" else text_pooled + image_pooled
+
+
 class InterBert(nn.Module):
   """InterBERT with its pretraining heads. `config` is a FrozenConfigDict of config.model."""
   config: object
@@ -31,6 +36,19 @@ class InterBert(nn.Module):
     self.itm_head = common.dense(cfg, 2, ("mlp", None), (None,), None)
     self.msm_head = MsmHead(cfg)
     self.mrm_head = MrmHead(cfg)
+
+  def text_path(self, text_ids, text_mask, segment_ids=None, deterministic=True):
+    """The text path alone: embeddings -> single stream over the text (no regions) ->
+    text stream. int [B, T] -> text hidden [B, T, H] (compute dtype)."""
+    cfg = self.config
+    if segment_ids is None:
+      segment_ids = jnp.full(text_ids.shape, 1 if cfg.modality_segments else 0, jnp.int32)
+    text = self.embeddings(text_ids, segment_ids, deterministic)
+    if self.single_stream is not None:
+      text = self.single_stream(text, text_mask, deterministic)
+    if self.text_stream is not None:
+      text = self.text_stream(text, text_mask, deterministic)
+    return text
 
   def __call__(self, text_ids, text_mask, region_features, region_locations, region_mask,
                segment_ids=None, deterministic=True, msm_positions=None):
@@ -75,10 +93,7 @@ class InterBert(nn.Module):
 
     text_pooled = nn.relu(self.text_pooler(text[:, 0]))
     image_pooled = nn.relu(self.image_pooler(image[:, 0]))
-    if cfg.fusion == "mul":
-      fused = text_pooled * image_pooled
-    else:
-      fused = text_pooled + image_pooled
+    fused = fuse(text_pooled, image_pooled, cfg.fusion)
     itm_logits = self.itm_head(self.itm_dropout(fused, deterministic=deterministic))
 
     msm_hidden = text
@@ -158,15 +173,16 @@ def validate_model_config(cfg):
     raise ValueError("invalid model config:\n  " + "\n  ".join(errors))
 
 
-def build_model(model_config):
-  """config.model (ConfigDict, dict or FrozenConfigDict) -> InterBert linen Module."""
+def build_model(model_config, module=None):
+  """config.model (ConfigDict, dict or FrozenConfigDict) -> InterBert linen Module (or
+  `module`, a subclass of InterBert with fine-tuning heads)."""
   if isinstance(model_config, dict):
     model_config = ml_collections.ConfigDict(model_config)
   validate_model_config(model_config)
   if not isinstance(model_config, ml_collections.FrozenConfigDict):
     # Linen module fields must be hashable.
     model_config = ml_collections.FrozenConfigDict(model_config)
-  return InterBert(model_config)
+  return (module or InterBert)(model_config)
 
 
 def dummy_inputs(model_config, batch_size=1, text_len=2, num_regions=2):

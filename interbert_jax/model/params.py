@@ -53,4 +53,7 @@ def param_shapes(model_config):
   model = build_model(model_config)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), **dummy_inputs(model.config))["params"])
-  return nn.unbox(shapes)
+  # No sharding constraint: callers may run under a mesh and logical-axis rules (the
+  # trainer's config.init_from), where nn.unbox would constrain abstract shapes.
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False), shapes,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))

@@ -84,11 +84,17 @@ def mrm_terms(mrm_logits, batch, weights, target):
           "mrm_acc": ((_correct(mrm_logits, classes) * weights).sum(), den)}
 
 
+def classification_terms(logits, labels, name: str):
+  """Softmax CE and accuracy of logits [B, C] for int labels [B], sums over the batch:
+  {name: (CE sum, B), name_acc: (correct, B)}."""
+  n = jnp.asarray(labels.shape[0], jnp.float32)
+  return {name: (_cross_entropy(logits, labels).sum(), n),
+          f"{name}_acc": (_correct(logits, labels).sum(), n)}
+
+
 def itm_terms(itm_logits, itm_labels):
   """Image-text matching: CE over 2 classes (0 = matched), mean over the batch."""
-  n = jnp.asarray(itm_labels.shape[0], jnp.float32)
-  return {"itm": (_cross_entropy(itm_logits, itm_labels).sum(), n),
-          "itm_acc": (_correct(itm_logits, itm_labels).sum(), n)}
+  return classification_terms(itm_logits, itm_labels, "itm")
 
 
 def pretraining_terms(outputs, batch, config):
@@ -116,7 +122,7 @@ def pretraining_terms(outputs, batch, config):
   return terms
 
 
-def _safe_div(num, den):
+def safe_div(num, den):
   # A batch without targets for a task (e.g. no masked region) contributes 0, not NaN.
   return num / jnp.where(den > 0, den, 1.0)
 
@@ -127,8 +133,8 @@ def combine(terms, loss_config):
   total = msm_weight * msm_loss + mrm_weight * mrm_loss + itm_weight * itm_loss, each
   loss the numerator / denominator of its term (0 when the denominator is 0).
   """
-  metrics = {f"{t}_loss": _safe_div(*terms[t]) for t in TASKS}
-  metrics.update({f"{t}_acc": _safe_div(*terms[f"{t}_acc"]) for t in TASKS})
+  metrics = {f"{t}_loss": safe_div(*terms[t]) for t in TASKS}
+  metrics.update({f"{t}_acc": safe_div(*terms[f"{t}_acc"]) for t in TASKS})
   total = (loss_config.msm_weight * metrics["msm_loss"]
            + loss_config.mrm_weight * metrics["mrm_loss"]
            + loss_config.itm_weight * metrics["itm_loss"])

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from interbert_jax import tasks
 from interbert_jax.data import masking
 from interbert_jax.model import common as model_common
 from interbert_jax.model import interbert
@@ -24,6 +25,8 @@ ENUMERATED = {
     "data.msm.strategy": masking.MSM_STRATEGIES,
     "data.mrm.strategy": masking.MRM_STRATEGIES,
     "optimizer.name": optimizer.OPTIMIZERS,
+    "optimizer.schedule": optimizer.SCHEDULES,
+    "task": tasks.TASKS,
 }
 
 
@@ -114,6 +117,22 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
   check(o.eps > 0, "optimizer.eps", "must be > 0")
   check(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
   check(o.grad_clip_norm >= 0, "optimizer.grad_clip_norm", "must be >= 0 (0 = no clipping)")
+  epochs = list(o.decay_epochs)
+  check(all(isinstance(e, (int, float)) and e > 0 for e in epochs)
+        and epochs == sorted(epochs), "optimizer.decay_epochs",
+        "must be increasing epochs > 0, e.g. (2, 4)")
+  check(0.0 < o.decay_factor <= 1.0, "optimizer.decay_factor", "must be in (0, 1]")
+  check(0.0 <= config.ema_decay < 1.0, "ema_decay", "must be in [0, 1) (0 = off)")
+  if config.task == "retrieval" and _is_int(bs) and bs > 0:
+    check(bs % (4 * process_count) == 0, "batch_size",
+          f"retrieval fine-tuning builds 4 pairs per caption: must be divisible by 4 x the "
+          f"process count ({process_count})")
+  if config.task == "multiple_choice" and _is_int(bs) and bs > 0:
+    check(bs % (2 * process_count) == 0, "batch_size",
+          "multiple choice pairs a question's Q->A and QA->R examples (Q->AR accuracy): must "
+          f"be divisible by 2 x the process count ({process_count})")
+  check(_is_int(config.finetune.num_neighbours) and config.finetune.num_neighbours > 0,
+        "finetune.num_neighbours", "must be an integer > 0")
   for w in ("msm_weight", "mrm_weight", "itm_weight"):
     check(config.loss[w] >= 0, f"loss.{w}", "must be >= 0")
   check(config.peak_flops_per_device >= 0, "peak_flops_per_device",

@@ -47,6 +47,15 @@ def train_flops_per_example(config) -> int:
   return 3 * fwd
 
 
+def text_path_flops_per_example(config) -> int:
+  """Training FLOPs of the text path alone (single stream over the text, text stream)."""
+  m, t = config.model, int(config.data.text_len)
+  h = int(m.hidden_size)
+  fwd = sum(int(s.layers) * _layer_flops(t, h, int(s.mlp_dim))
+            for s in (m.single_stream, m.text_stream))
+  return 3 * fwd
+
+
 def measure_peak_flops(dtype: str = "float32", size: int | None = None, repeats: int = 5) -> float:
   """FLOP/s of a large square matmul on one device (the MFU denominator).
 

@@ -14,6 +14,9 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("adamw",)                          # allowed config.optimizer.name
+# allowed config.optimizer.schedule: "linear_decay" (pretraining) | "step_decay" (fine-tuning:
+# warm-up, then constant with x decay_factor at each of decay_epochs).
+SCHEDULES = ("linear_decay", "step_decay")
 # Top-level parameter subtrees initialised from bert-base-uncased (docs/reference_notes.md).
 BERT_INITIALISED = ("embeddings", "single_stream", "text_stream", "msm_head")
 # Leaf names that hold matrices/embeddings; everything else is a bias or a LayerNorm
@@ -21,13 +24,24 @@ BERT_INITIALISED = ("embeddings", "single_stream", "text_stream", "msm_head")
 _DECAYED_LEAVES = ("kernel", "embedding")
 
 
-def learning_rate_schedule(config) -> optax.Schedule:
-  """Base (new-weight) learning rate: 0 -> lr over warmup, then linear to 0 at total_steps."""
+def learning_rate_schedule(config, steps_per_epoch: float | None = None) -> optax.Schedule:
+  """Base (new-weight) learning rate: 0 -> lr over warmup (warmup_fraction of total_steps),
+  then `linear_decay`: linear to 0 at total_steps; `step_decay`: constant, times
+  decay_factor at each of decay_epochs (epoch e = step round(e * steps_per_epoch))."""
   opt = config.optimizer
   total = int(config.total_steps)
   warmup = int(round(float(opt.warmup_fraction) * total))
   lr = float(opt.learning_rate)
-  decay = optax.linear_schedule(lr, 0.0, max(total - warmup, 1))
+  if opt.schedule == "step_decay":
+    if not steps_per_epoch:
+      raise ValueError("config.optimizer.schedule='step_decay' needs steps_per_epoch")
+    scales = {}
+    for epoch in opt.decay_epochs:
+      boundary = max(int(round(float(epoch) * steps_per_epoch)) - warmup, 0)
+      scales[boundary] = scales.get(boundary, 1.0) * float(opt.decay_factor)
+    decay = optax.piecewise_constant_schedule(lr, scales)
+  else:
+    decay = optax.linear_schedule(lr, 0.0, max(total - warmup, 1))
   if warmup == 0:
     return decay
   return optax.join_schedules(
@@ -87,10 +101,11 @@ class Optimizer(NamedTuple):
   schedule: optax.Schedule        # step -> base learning rate (reported as a metric).
 
 
-def build_optimizer(config) -> Optimizer:
-  """The optax chain for `config.optimizer` (schedule length from `config.total_steps`)."""
+def build_optimizer(config, steps_per_epoch: float | None = None) -> Optimizer:
+  """The optax chain for `config.optimizer` (schedule length from `config.total_steps`;
+  `steps_per_epoch` places the `step_decay` boundaries)."""
   opt = config.optimizer                     # opt.name is one of OPTIMIZERS (checked at start-up)
-  schedule = learning_rate_schedule(config)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
   parts = []
   if float(opt.grad_clip_norm) > 0:
     parts.append(clip_each_tensor(float(opt.grad_clip_norm)) if opt.per_tensor_clipping

@@ -1,7 +1,8 @@
 """The update step: a pure function of (state, batch, rng) (evaluation: interbert_jax/evaluation).
 
-State is a plain dict {"params", "opt", "step"}. Model, optimizer and loss functions are
-explicit keyword arguments, bound with functools.partial before jax.jit (scenic style).
+State is a plain dict {"params", "opt", "step"} (+ "ema_params" when config.ema_decay > 0).
+Model, optimizer and the task's functions (apply, loss terms, combine) are explicit keyword
+arguments, bound with functools.partial before jax.jit (scenic style).
 """
 import functools
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from interbert_jax.parallel import partitioning
 
 TermsFn = Callable[[dict, dict, Any], dict]   # (outputs, batch, config) -> {task: (num, den)}
 CombineFn = Callable[[dict, Any], tuple]      # (terms, config.loss) -> (total, metrics)
+ApplyFn = Callable[..., dict]                 # (model, params, batch, *, deterministic, rng)
 
 
 def apply_model(model, params, batch: dict, *, deterministic: bool, rng=None) -> dict:
@@ -43,13 +45,13 @@ def split_microbatches(batch: dict, num: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def _global_denominators(model, params, batch, config, terms_fn) -> dict:
+def _global_denominators(model, params, batch, config, terms_fn, apply_fn) -> dict:
   """The whole batch's loss denominators (target counts), without running the model.
 
   Denominators depend only on the batch (weights, labels); evaluating the loss terms on
   zero outputs of the right shapes yields them, and XLA removes the unused numerators.
   """
-  shapes = jax.eval_shape(lambda p, b: apply_model(model, p, b, deterministic=True),
+  shapes = jax.eval_shape(lambda p, b: apply_fn(model, p, b, deterministic=True),
                           params, batch)
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   return jax.tree.map(lambda t: jax.lax.stop_gradient(t[1]),
@@ -60,12 +62,30 @@ def _with_denominators(terms: dict, dens: dict) -> dict:
   return {k: (num, dens[k]) for k, (num, _) in terms.items()}
 
 
+def ema_decay_at(decay: float, step):
+  """The EMA decay after `step` updates: min(decay, (1 + step) / (10 + step)).
+
+  The ramp (tf.train.ExponentialMovingAverage's num_updates) lets the average follow the
+  weights early on, so a short fine-tuning run's EMA is not stuck at the initialisation.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema_params, params, decay):
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf (float32)."""
+  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
+                      ema_params, params)
+
+
 def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, config, terms_fn: TermsFn, combine_fn: CombineFn):
+               schedule: optax.Schedule, config, terms_fn: TermsFn, combine_fn: CombineFn,
+               apply_fn: ApplyFn = apply_model):
   """One optimizer update on a global batch.
 
   Args:
-    state: {"params", "opt", "step"} (step: int32 scalar, updates done so far).
+    state: {"params", "opt", "step"} (step: int32 scalar, updates done so far), and
+      "ema_params" (updated with `update_ema` after the step) when config.ema_decay > 0.
     batch: batch-contract dict, leading axis = global batch B.
     rng: base key, typed or raw uint32 key data (what the trainer passes, replicated);
       this step uses fold_in(rng, step) (and fold_in(., micro) per microbatch).
@@ -80,7 +100,7 @@ def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.Gra
   num_micro = int(config.microbatches)
 
   def loss_fn(p, b, r, dens):
-    outputs = apply_model(model, p, b, deterministic=False, rng=r)
+    outputs = apply_fn(model, p, b, deterministic=False, rng=r)
     terms = terms_fn(outputs, b, config)
     scaled = terms if dens is None else _with_denominators(terms, dens)
     total, _ = combine_fn(scaled, config.loss)
@@ -92,7 +112,7 @@ def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.Gra
   else:
     # Each microbatch's loss divides by the GLOBAL batch's counts, so the summed
     # gradients equal the big batch's gradient exactly (up to float summation order).
-    dens = _global_denominators(model, params, batch, config, terms_fn)
+    dens = _global_denominators(model, params, batch, config, terms_fn, apply_fn)
     micro = split_microbatches(batch, num_micro)
 
     def body(carry, xs):
@@ -117,20 +137,28 @@ def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.Gra
   metrics = dict(metrics, learning_rate=schedule(state["step"]), grad_norm=grad_norm)
   metrics = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
   new_state = dict(state, params=new_params, opt=new_opt, step=state["step"] + 1)
+  if "ema_params" in state:
+    new_state["ema_params"] = update_ema(
+        state["ema_params"], new_params, ema_decay_at(config.ema_decay, new_state["step"]))
   return new_state, metrics
 
 
 def compile_train_step(config, model, opt, abstract_state, state_shardings, batch_shapes, rng,
-                       mesh, compiler_options=None):
+                       mesh, compiler_options=None, task=None):
   """`train_step` jitted with the state's and the batch's shardings, donating the state, and
   compiled once (`.lower().compile()`) for `batch_shapes` (global ShapeDtypeStructs).
 
   Call inside `jax.set_mesh(mesh)` and the logical-axis rules. Returns the compiled step:
-  (state, batch, rng) -> (state, metrics).
+  (state, batch, rng) -> (state, metrics). `task` (interbert_jax.tasks) supplies apply,
+  loss terms and combine; None = pretraining's.
   """
+  if task is None:
+    fns = dict(terms_fn=losses.pretraining_terms, combine_fn=losses.combine,
+               apply_fn=apply_model)
+  else:
+    fns = dict(terms_fn=task.terms, combine_fn=task.combine, apply_fn=task.apply)
   step_fn = functools.partial(train_step, model=model, tx=opt.tx, schedule=opt.schedule,
-                              config=config, terms_fn=losses.pretraining_terms,
-                              combine_fn=losses.combine)
+                              config=config, **fns)
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch_shapes}
   repl = partitioning.replicated(mesh)
   return jax.jit(
