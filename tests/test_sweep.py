@@ -1,0 +1,155 @@
+"""`python -m interbert_jax.sweep`: expansion and up-front validation, the printed commands,
+and a real 2-run local sweep (tiny, 4 steps) that is skipped when finished and resumed
+when a checkpoint is missing."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from interbert_jax import run_dirs
+from interbert_jax import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/pretrain.py:tiny"
+SWEEP_FILE = '''
+def grid():
+  return {"base": {}, "seed1": {"data.seed": 1}}
+
+def bad():
+  return {"ok": {}, "typo": {"model.fusoin": "sum"}, "value": {"model.fusion": "max"},
+          "type": {"total_steps": "many"}}
+'''
+# A short, small run: compile time dominates, and the second run hits the compile cache
+# (data.seed does not change the step).
+SETS = ["total_steps=4", "log_every_steps=2", "checkpoint_every_steps=2",
+        "eval_every_steps=4", "eval_batches=1", "keep_checkpoints=5",
+        "peak_flops_per_device=1e11", "model.single_stream.layers=1",
+        "model.text_stream.layers=1", "model.image_stream.layers=1"]
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("sweeps") / "sweeps.py"
+  path.write_text(SWEEP_FILE)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
+              TF_CPP_MIN_LOG_LEVEL="2",
+              XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+                        "--xla_backend_optimization_level=0",
+              JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
+def _sweep(env, sweep_spec, root, *args, sets=SETS):
+  cmd = [sys.executable, "-m", "interbert_jax.sweep", f"--config={CONFIG}",
+         f"--sweep={sweep_spec}", f"--root={root}", *args]
+  for s in sets:
+    cmd += ["--set", s]
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_plan_expands_runs_in_order(sweep_file, tmp_path):
+  runs = sweep.plan(CONFIG, f"{sweep_file}:grid", str(tmp_path), ["total_steps=7"])
+  assert [r.name for r in runs] == ["base", "seed1"]
+  assert runs[1].workdir == os.path.join(str(tmp_path), "seed1")
+  assert runs[1].overrides == {"data.seed": 1} and runs[1].common == {"total_steps": 7}
+  assert runs[1].total_steps == 7
+  assert runs[1].flags() == ["--config.data.seed=1", "--config.total_steps=7"]
+  only = sweep.plan(CONFIG, f"{sweep_file}:grid", str(tmp_path), only=["seed1"])
+  assert [r.name for r in only] == ["seed1"] and only[0].total_steps == 3000
+
+
+def test_bad_runs_fail_up_front_naming_run_and_key(sweep_file, tmp_path):
+  with pytest.raises(sweep.SweepError) as e:
+    sweep.plan(CONFIG, f"{sweep_file}:bad", str(tmp_path))
+  msg = str(e.value)
+  assert "3 problem(s)" in msg and "'ok'" not in msg
+  assert "run 'typo': unknown key 'model.fusoin'" in msg
+  assert "run 'value': invalid config" in msg and "config.model.fusion='max'" in msg
+  assert "run 'type': total_steps='many'" in msg
+  for bad, want in ((["--set", "no_such=1"], "--set 'no_such=1': unknown key 'no_such'"),
+                    (["--set", "total_steps=x"], "'x' is not a int"),
+                    (["--only=nope"], "--only: no run named ['nope']")):
+    with pytest.raises(sweep.SweepError, match=None) as e:
+      sweep.plan(CONFIG, f"{sweep_file}:grid", str(tmp_path),
+                 sets=[bad[1]] if bad[0] == "--set" else (),
+                 only=["nope"] if bad[0].startswith("--only") else ())
+    assert want in str(e.value), str(e.value)
+
+
+def test_cli_usage_errors_exit_2_without_traceback(env, sweep_file, tmp_path):
+  proc = _sweep(env, f"{sweep_file}:bad", tmp_path / "bad", sets=[])
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and "run 'typo': unknown key" in proc.stderr
+  assert not os.path.exists(tmp_path / "bad")            # nothing started, nothing written
+
+
+def test_print_launcher_prints_exact_commands(env, sweep_file, tmp_path):
+  root = tmp_path / "printed"
+  proc = _sweep(env, f"{sweep_file}:grid", root, "--launcher=print", sets=["total_steps=5"])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines == [
+      f"mkdir -p {root}/base && {sys.executable} -m interbert_jax.main --config={CONFIG} "
+      f"--workdir={root}/base --config.total_steps=5 >> {root}/base/train.log 2>&1",
+      f"mkdir -p {root}/seed1 && {sys.executable} -m interbert_jax.main --config={CONFIG} "
+      f"--workdir={root}/seed1 --config.data.seed=1 --config.total_steps=5 "
+      f">> {root}/seed1/train.log 2>&1"]
+  assert not os.path.exists(root)
+
+
+@pytest.fixture(scope="module")
+def swept(env, sweep_file, tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("swept"))
+  proc = _sweep(env, f"{sweep_file}:grid", root, "--parallel=1")
+  return root, proc
+
+
+def test_local_sweep_runs_every_run(swept):
+  root, proc = swept
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "done: base finished, seed1 finished" in proc.stdout
+  for name, own in (("base", {}), ("seed1", {"data.seed": 1})):
+    workdir = os.path.join(root, name)
+    record = json.load(open(os.path.join(workdir, "overrides.json")))
+    assert record["overrides"] == own and record["total_steps"] == 4
+    assert record["set"]["model.text_stream.layers"] == 1
+    assert json.load(open(os.path.join(workdir, "config.json")))["data"]["seed"] == own.get(
+        "data.seed", 0)
+    assert run_dirs.checkpoint_steps(workdir) == [2, 4]
+    (attempt,) = run_dirs.attempts(workdir)
+    assert attempt["returncode"] == 0 and attempt["wall_s"] > 0
+    assert f"--workdir={workdir}" in attempt["command"]
+    log = open(os.path.join(workdir, "train.log")).read()
+    assert log.startswith("[sweep] attempt 1") and "checkpoint 4 started (final)" in log
+    assert run_dirs.run_status(workdir, 4) == ("finished", "")
+
+
+def test_rerun_skips_finished_and_resumes_unfinished(env, sweep_file, swept):
+  root, first = swept
+  assert first.returncode == 0
+  # Lose seed1's final checkpoint: it must resume from step 2; base must be skipped.
+  shutil.rmtree(os.path.join(root, "seed1", "checkpoints", "4"))
+  proc = _sweep(env, f"{sweep_file}:grid", root)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "base: finished (checkpoint 4 >= total_steps 4), skipped" in proc.stdout
+  assert "seed1: unfinished, resumes from checkpoint 2" in proc.stdout
+  assert len(run_dirs.attempts(os.path.join(root, "base"))) == 1
+  tries = run_dirs.attempts(os.path.join(root, "seed1"))
+  assert [t["returncode"] for t in tries] == [0, 0]
+  log = open(os.path.join(root, "seed1", "train.log")).read()
+  assert "[sweep] attempt 2" in log and "resumed from" in log.split("[sweep] attempt 2")[1]
+  assert run_dirs.checkpoint_steps(os.path.join(root, "seed1")) == [2, 4]
+  # Everything finished: a third run starts nothing.
+  again = _sweep(env, f"{sweep_file}:grid", root)
+  assert again.returncode == 0 and "0 of 2 run(s) to go" in again.stdout
+  # Other settings for an existing run directory: refused up front.
+  changed = _sweep(env, f"{sweep_file}:grid", root, sets=SETS[1:] + ["total_steps=6"])
+  assert changed.returncode == 2 and "was started with other settings" in changed.stderr
