@@ -1,6 +1,7 @@
-"""What a sweep run's directory holds and what state the run is in (sweep and report share it).
+"""A sweep's directory, its runs' directories, and the state a run is in.
 
-DIR/<name>/ is the trainer's workdir plus three files the sweep writes:
+The sweep writes these and the report reads them. DIR/sweep.json names every run of the
+sweep in order. DIR/<name>/ is the trainer's workdir plus three files the sweep writes:
   overrides.json     {"config": "configs/pretrain.py:tiny", "overrides": {run's own keys},
                       "set": {--set keys, common to the sweep}, "total_steps": N}
   train.log          the trainer's stdout and stderr (appended on every attempt)
@@ -23,6 +24,7 @@ A run is
 import json
 import os
 
+MANIFEST_FILE = "sweep.json"          # in DIR: {"config", "sweep", "runs": [names in order]}
 OVERRIDES_FILE = "overrides.json"
 LOG_FILE = "train.log"
 STATUS_FILE = "sweep_status.json"

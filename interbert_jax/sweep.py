@@ -298,6 +298,8 @@ def main(argv):
       print(f"mkdir -p {shlex.quote(run.workdir)} && "
             f"{shlex.join(trainer_command(run, _CONFIG.value))} >> {shlex.quote(log)} 2>&1")
     return
+  if not _DRY_RUN.value:
+    _write_manifest(_ROOT.value, _CONFIG.value, _SWEEP.value)
   _say(f"{len(todo)} of {len(runs)} run(s) to go with launcher={launcher}")
   if launcher == "local":
     codes = run_local(todo, _CONFIG.value, _PARALLEL.value, _PROGRESS_EVERY.value)
@@ -310,6 +312,16 @@ def main(argv):
   if failed:
     _say(f"failed: {failed} (see ROOT/<name>/train.log)")
     sys.exit(1)
+
+
+def _write_manifest(root: str, config_spec: str, sweep_spec: str) -> None:
+  """ROOT/sweep.json: every run of the sweep in order (so the report lists unstarted ones)."""
+  path = os.path.join(root, run_dirs.MANIFEST_FILE)
+  names = list(config_files.load_sweep(sweep_spec))
+  old = run_dirs.read_json(path, {})
+  names += [n for n in old.get("runs", []) if n not in names]
+  os.makedirs(root, exist_ok=True)
+  run_dirs.write_json(path, {"config": config_spec, "sweep": sweep_spec, "runs": names})
 
 
 def _usage_error(msg: str):
