@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from interbert_jax.data import itm_negatives
 from interbert_jax.parallel import mesh as mesh_lib
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -92,6 +93,10 @@ def validate_config(config, *, num_devices: int, process_count: int = 1) -> None
   check(0.0 <= d.itm_negative_prob <= 1.0, "data.itm_negative_prob", "must be in [0, 1]")
   check(d.msm.strategy in ("span", "token"), "data.msm.strategy", "must be 'span' or 'token'")
   check(d.mrm.strategy in ("iou", "independent"), "data.mrm.strategy", "must be 'iou' or 'independent'")
+  check(d.itm_negatives in itm_negatives.ITM_NEGATIVES, "data.itm_negatives",
+        f"must be one of {itm_negatives.ITM_NEGATIVES}")
+  check(0.0 <= d.hard_negative_prob <= 1.0, "data.hard_negative_prob", "must be in [0, 1]")
+  positive_int("data.hard_negative_k")
   check(not d.dir or "://" in d.dir or os.path.isdir(d.dir), "data.dir", "directory does not exist")
 
   # Optimizer and loss.
