@@ -104,6 +104,10 @@ def _device_count(mesh_config, num_devices: int) -> int:
 def plan(config_spec: str, sweep_spec: str, root: str, sets=(), only=(),
          num_devices: int = 0) -> list[Run]:
   """The selected runs, each config built and validated; raises SweepError listing all problems."""
+  if "://" in root:
+    raise SweepError(f"--root={root}: the sweep keeps train.log and its status files with "
+                     "local paths; use a local or mounted directory (e.g. a gcsfuse mount "
+                     "of the bucket) that every host sees")
   try:
     base = config_files.load_config(config_spec)
     runs = config_files.load_sweep(sweep_spec)
