@@ -22,8 +22,19 @@ def load_module(path: str) -> types.ModuleType:
   name = "_interbert_cfg_" + re.sub(r"\W", "_", os.path.abspath(path))
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (the user's file: say where)
+    raise ConfigFileError(f"{path} failed to load: {type(e).__name__}: {e}") from None
   return module
+
+
+def _call(fn, spec: str, *args):
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigFileError(f"{spec}: {fn.__name__}({', '.join(map(repr, args))}) raised "
+                          f"{type(e).__name__}: {e}") from None
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -38,7 +49,7 @@ def load_config(spec: str):
   module = load_module(path)
   if not hasattr(module, "get_config"):
     raise ConfigFileError(f"{path} has no get_config()")
-  return module.get_config(arg) if arg is not None else module.get_config()
+  return _call(module.get_config, spec, *([arg] if arg is not None else []))
 
 
 def load_sweep(spec: str) -> dict[str, dict]:
@@ -53,7 +64,7 @@ def load_sweep(spec: str) -> dict[str, dict]:
   fn = getattr(module, name, None)
   if not callable(fn):
     raise ConfigFileError(f"{path} has no sweep function {name}()")
-  runs = fn()
+  runs = _call(fn, spec)
   if not isinstance(runs, dict) or not runs:
     raise ConfigFileError(f"{spec}: {name}() must return a non-empty dict "
                           "{run name: {dotted key: value}}")

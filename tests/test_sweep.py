@@ -82,6 +82,10 @@ def test_bad_runs_fail_up_front_naming_run_and_key(sweep_file, tmp_path):
                  sets=[bad[1]] if bad[0] == "--set" else (),
                  only=["nope"] if bad[0].startswith("--only") else ())
     assert want in str(e.value), str(e.value)
+  with pytest.raises(sweep.SweepError, match="get_config\\('huge'\\) raised ValueError"):
+    sweep.plan("configs/pretrain.py:huge", f"{sweep_file}:grid", str(tmp_path))
+  with pytest.raises(sweep.SweepError, match="has no sweep function nope"):
+    sweep.plan(CONFIG, f"{sweep_file}:nope", str(tmp_path))
   with pytest.raises(sweep.SweepError, match="local or mounted directory"):
     sweep.plan(CONFIG, f"{sweep_file}:grid", "gs://bucket/sweep")
 
