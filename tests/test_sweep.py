@@ -1,6 +1,6 @@
 """`python -m interbert_jax.sweep`: expansion and up-front validation, the printed commands,
-and a real 2-run local sweep (tiny, 4 steps) that is skipped when finished and resumed
-when a checkpoint is missing."""
+and a real local sweep (a small tiny, 4 steps): a run selected with --only, then the whole
+grid again, where the finished run is skipped and an interrupted one resumes."""
 import json
 import os
 import shutil
@@ -113,46 +113,54 @@ def test_print_launcher_prints_exact_commands(env, sweep_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def swept(env, sweep_file, tmp_path_factory):
+  """A sweep of `base` alone (the trainer's first compile fills the cache)."""
   root = str(tmp_path_factory.mktemp("swept"))
-  proc = _sweep(env, f"{sweep_file}:grid", root, "--parallel=1")
+  proc = _sweep(env, f"{sweep_file}:grid", root, "--only=base")
   return root, proc
 
 
-def test_local_sweep_runs_every_run(swept):
+def _check_run(root, name, own, attempts):
+  workdir = os.path.join(root, name)
+  record = json.load(open(os.path.join(workdir, "overrides.json")))
+  assert record["overrides"] == own and record["total_steps"] == 4
+  assert record["set"]["model.text_stream.layers"] == 0
+  assert json.load(open(os.path.join(workdir, "config.json")))["data"]["seed"] == own.get(
+      "data.seed", 0)
+  assert run_dirs.checkpoint_steps(workdir) == [2, 4]
+  tries = run_dirs.attempts(workdir)
+  assert [t["returncode"] for t in tries] == [0] * attempts and tries[-1]["wall_s"] > 0
+  assert f"--workdir={workdir}" in tries[-1]["command"]
+  log = open(os.path.join(workdir, "train.log")).read()
+  assert log.startswith("[sweep] attempt 1") and "checkpoint 4 started (final)" in log
+  assert run_dirs.run_status(workdir, 4) == ("finished", "")
+  return log
+
+
+def test_local_sweep_runs_the_selected_run(swept):
   root, proc = swept
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert "done: base finished, seed1 finished" in proc.stdout
-  for name, own in (("base", {}), ("seed1", {"data.seed": 1})):
-    workdir = os.path.join(root, name)
-    record = json.load(open(os.path.join(workdir, "overrides.json")))
-    assert record["overrides"] == own and record["total_steps"] == 4
-    assert record["set"]["model.text_stream.layers"] == 0
-    assert json.load(open(os.path.join(workdir, "config.json")))["data"]["seed"] == own.get(
-        "data.seed", 0)
-    assert run_dirs.checkpoint_steps(workdir) == [2, 4]
-    (attempt,) = run_dirs.attempts(workdir)
-    assert attempt["returncode"] == 0 and attempt["wall_s"] > 0
-    assert f"--workdir={workdir}" in attempt["command"]
-    log = open(os.path.join(workdir, "train.log")).read()
-    assert log.startswith("[sweep] attempt 1") and "checkpoint 4 started (final)" in log
-    assert run_dirs.run_status(workdir, 4) == ("finished", "")
+  assert "1 of 1 run(s) to go" in proc.stdout and "done: base finished" in proc.stdout
+  _check_run(root, "base", {}, attempts=1)
+  assert not os.path.exists(os.path.join(root, "seed1"))
+  assert json.load(open(os.path.join(root, "sweep.json")))["runs"] == ["base", "seed1"]
 
 
 def test_rerun_skips_finished_and_resumes_unfinished(env, sweep_file, swept):
   root, first = swept
   assert first.returncode == 0
-  # Lose seed1's final checkpoint: it must resume from step 2; base must be skipped.
-  shutil.rmtree(os.path.join(root, "seed1", "checkpoints", "4"))
+  # seed1 as if interrupted after its step-2 checkpoint: it must resume there (the trainer
+  # restores whatever checkpoint it finds); base must be skipped.
+  shutil.copytree(os.path.join(root, "base", "checkpoints", "2"),
+                  os.path.join(root, "seed1", "checkpoints", "2"))
   proc = _sweep(env, f"{sweep_file}:grid", root)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "base: finished (checkpoint 4 >= total_steps 4), skipped" in proc.stdout
   assert "seed1: unfinished, resumes from checkpoint 2" in proc.stdout
-  assert len(run_dirs.attempts(os.path.join(root, "base"))) == 1
-  tries = run_dirs.attempts(os.path.join(root, "seed1"))
-  assert [t["returncode"] for t in tries] == [0, 0]
-  log = open(os.path.join(root, "seed1", "train.log")).read()
-  assert "[sweep] attempt 2" in log and "resumed from" in log.split("[sweep] attempt 2")[1]
-  assert run_dirs.checkpoint_steps(os.path.join(root, "seed1")) == [2, 4]
+  assert "1 of 2 run(s) to go" in proc.stdout
+  assert "done: base finished, seed1 finished" in proc.stdout
+  _check_run(root, "base", {}, attempts=1)
+  log = _check_run(root, "seed1", {"data.seed": 1}, attempts=1)
+  assert "resumed from" in log
   # Everything finished: a third run starts nothing.
   again = _sweep(env, f"{sweep_file}:grid", root)
   assert again.returncode == 0 and "0 of 2 run(s) to go" in again.stdout
