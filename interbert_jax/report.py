@@ -11,7 +11,7 @@ rows too (interbert_jax/run_dirs.py says how each state is detected). Columns:
   steps done / total, status, final train loss (mean of the last log window), eval MSM /
   MRM / ITM accuracy and zero-shot retrieval R@1/5/10 (eval_ir_r*, eval_tr_r*) of the
   last eval record, the step of that eval, median examples/s of the log windows, wall time
-  (sum of the sweep's attempts).
+  (sum of the sweep's attempts). --at_step=N takes loss and evals at step N instead.
 
 A value a run did not log is "—"; the report lists the metrics no run logged.
 """
@@ -31,6 +31,11 @@ from interbert_jax import run_dirs
 
 _OUTPUT = flags.DEFINE_string("output", None, "Markdown file; default DIR/report.md. The "
                               "CSV and PNG go beside it (.csv, .png).")
+_AT_STEP = flags.DEFINE_integer(
+    "at_step", 0, "Compare the runs at this step: train loss and eval of the records at "
+    "exactly this step (an eval step, e.g. 500) instead of each run's last ones. Runs that "
+    "share total_steps share the learning-rate schedule, so their evals at one step compare "
+    "even while some are unfinished.")
 _BASE = flags.DEFINE_string("base", None, "Base config (e.g. configs/pretrain.py:tiny) for "
                             "runs without overrides.json: the overrides column then lists "
                             "how their config.json differs from it.")
@@ -105,8 +110,11 @@ def _overrides(workdir: str, base_spec: str | None) -> dict | None:
   return None if base is None else overrides_lib.differing(_flatten(config), base)
 
 
-def collect(root: str, base_spec: str | None = None) -> list[dict]:
-  """One dict per run (the CSV fields, numbers as floats or None)."""
+def collect(root: str, base_spec: str | None = None, at_step: int = 0) -> list[dict]:
+  """One dict per run (the CSV fields, numbers as floats or None).
+
+  at_step > 0: the train loss and eval values are those logged at exactly that step.
+  """
   rows = []
   for name in run_names(root):
     workdir = os.path.join(root, name)
@@ -124,12 +132,17 @@ def collect(root: str, base_spec: str | None = None) -> list[dict]:
       status, reason = run_dirs.UNFINISHED, "no total_steps (no overrides.json/config.json)"
     else:
       status, reason = run_dirs.run_status(workdir, total)
+    if at_step:
+      evals = [r for r in evals if r["step"] == at_step]
+      train_at = [r for r in train if r["step"] == at_step]
+    else:
+      train_at = train
     last_eval = evals[-1] if evals else {}
     rates = [r["examples_per_sec"] for r in train if r.get("examples_per_sec")]
     walls = [a["wall_s"] for a in run_dirs.attempts(workdir) if a.get("wall_s") is not None]
     row = dict(run=name, status=status, status_reason=reason,
                overrides=_overrides(workdir, base_spec), steps_done=done, total_steps=total,
-               final_train_loss=train[-1].get("loss") if train else None,
+               final_train_loss=train_at[-1].get("loss") if train_at else None,
                eval_step=last_eval.get("step"),
                examples_per_sec=statistics.median(rates) if rates else None,
                wall_s=sum(walls) if walls else None, curves=metrics)
@@ -232,9 +245,10 @@ def write_figure(rows: list[dict], path: str, title: str) -> None:
   plt.close(fig)
 
 
-def report(root: str, output: str | None = None, base_spec: str | None = None) -> dict:
+def report(root: str, output: str | None = None, base_spec: str | None = None,
+           at_step: int = 0) -> dict:
   """Writes the markdown, CSV and PNG; returns {"rows", "markdown", "paths"}."""
-  rows = collect(root, base_spec)
+  rows = collect(root, base_spec, at_step)
   output = output or os.path.join(root, "report.md")
   stem = output[:-3] if output.endswith(".md") else output
   paths = {"md": output, "csv": stem + ".csv", "png": stem + ".png"}
@@ -252,8 +266,11 @@ def report(root: str, output: str | None = None, base_spec: str | None = None) -
     text.append("")
   counts = {s: sum(r["status"] == s for r in rows)
             for s in (run_dirs.FINISHED, run_dirs.UNFINISHED, run_dirs.FAILED)}
-  text += [f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".", "",
-           markdown_table(rows)]
+  text += [f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".", ""]
+  if at_step:
+    text += [f"Train loss and evals at step {at_step} (`--at_step`); steps and status are "
+             "each run's own.", ""]
+  text.append(markdown_table(rows))
   missing = missing_metrics(rows)
   if missing:
     text.append("Not logged by any run (shown as —): " + ", ".join(f"`{k}`" for k in missing)
@@ -275,7 +292,7 @@ def main(argv):
     sys.stderr.write("error: usage: python -m interbert_jax.report DIR [--output=FILE.md]\n")
     sys.exit(2)
   try:
-    out = report(argv[1], _OUTPUT.value, _BASE.value)
+    out = report(argv[1], _OUTPUT.value, _BASE.value, _AT_STEP.value)
   except ReportError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)

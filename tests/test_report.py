@@ -96,6 +96,10 @@ def test_report_rows_statuses_and_files(tmp_path):
   assert [r["run"] for r in table] == list(rows)
   assert table[0]["eval_ir_r5"] == "0.3" and table[0]["eval_tr_r1"] == ""
   assert json.loads(table[0]["overrides"]) == {"model.fusion": "sum"}
+  at2 = {r["run"]: r for r in report.report(root, str(tmp_path / "at2.md"), at_step=2)["rows"]}
+  assert at2["good"]["eval_itm_acc"] == 0.6 and at2["good"]["final_train_loss"] == 3.0
+  assert at2["good"]["eval_ir_r1"] is None and at2["stopped"]["final_train_loss"] == 3.2
+  assert at2["good"]["steps_done"] == 4 and at2["good"]["eval_step"] == 2
   with open(os.path.join(root, "report.png"), "rb") as f:
     png = f.read()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
