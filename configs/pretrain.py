@@ -80,6 +80,14 @@ def data_config(variant="base"):
   d.min_regions = 10
   d.region_conf_threshold = 0.2
   d.itm_negative_prob = 0.5
+  # "random" (reference): a negative takes any other image's caption. "hard": with
+  # hard_negative_prob, a caption of one of the hard_negative_k images nearest by cosine of
+  # mean region features (interbert_jax/data/itm_negatives.py; cached beside the dataset,
+  # or in hard_negative_cache_dir / ~/.cache/interbert_jax/hard_negatives if not writable).
+  d.itm_negatives = "random"
+  d.hard_negative_prob = 0.5
+  d.hard_negative_k = 8
+  d.hard_negative_cache_dir = ""
   d.max_msm_targets = 0                # fixed-size MSM position arrays; 0 = text_len (exact).
   d.msm = ml_collections.ConfigDict(dict(
       strategy="span",                 # "span" (reference) | "token" (BERT 15%).

@@ -4,7 +4,10 @@
 # Usage:
 #   WORKDIR=/shared/runs/interbert1 DATA_DIR=/shared/cc_prepared \
 #   INIT_FROM=/shared/ckpt/bert_base_converted \
-#     sbatch --nodes=2 launch/gpu_slurm.sh [--config.mesh.fsdp=8 ...extra overrides]
+#     sbatch --nodes=2 launch/gpu_slurm.sh [--dry_run] [--config.mesh.fsdp=8 ...extra overrides]
+#
+# --dry_run (also outside SLURM: `bash launch/gpu_slurm.sh --dry_run ...`) prints the
+# environment it sets and the srun command instead of running them.
 #
 # srun starts SLURM_NTASKS processes (nodes x 8 here); each sees one GPU. The trainer
 # calls jax.distributed.initialize() (--distributed=auto detects SLURM_NTASKS > 1), which
@@ -22,6 +25,16 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 
+DRY_RUN=0
+FLAGS=()
+for arg in "$@"; do
+  if [[ "${arg}" == "--dry_run" ]]; then DRY_RUN=1; else FLAGS+=("${arg}"); fi
+done
+# Runs a command, or with --dry_run prints it shell-quoted (copy-pasteable).
+run() {
+  if (( DRY_RUN )); then printf '%q ' "$@"; printf '\n'; else "$@"; fi
+}
+
 : "${WORKDIR:?set WORKDIR (shared filesystem)}"
 CONFIG=${CONFIG:-configs/pretrain.py:base}
 REPO_DIR=${REPO_DIR:-$(pwd)}
@@ -30,7 +43,7 @@ PYTHON=${PYTHON:-python3}
 ARGS=("--config=${CONFIG}" "--workdir=${WORKDIR}")
 [[ -n "${DATA_DIR:-}" ]] && ARGS+=("--config.data.dir=${DATA_DIR}")
 [[ -n "${INIT_FROM:-}" ]] && ARGS+=("--config.init_from=${INIT_FROM}")
-ARGS+=("$@")
+ARGS+=(${FLAGS[@]+"${FLAGS[@]}"})
 
 # XLA GPU flags commonly used for transformer training; tf.data stays on the CPU.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
@@ -39,7 +52,13 @@ export TF_CPP_MIN_LOG_LEVEL=2
 # A persistent compilation cache makes restarts after pre-emption start in seconds.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-${WORKDIR}/jax_cache}
 
-cd "${REPO_DIR}"
+if (( DRY_RUN )); then
+  for var in XLA_PYTHON_CLIENT_MEM_FRACTION XLA_FLAGS TF_CPP_MIN_LOG_LEVEL \
+             JAX_COMPILATION_CACHE_DIR; do
+    printf 'export %s=%q\n' "${var}" "${!var}"
+  done
+fi
+run cd "${REPO_DIR}"
 # --gpus-per-task=1 binds one GPU per process; JAX sees it as its only local device.
-srun --gpus-per-task=1 --kill-on-bad-exit=1 \
+run srun --gpus-per-task=1 --kill-on-bad-exit=1 \
   "${PYTHON}" -m interbert_jax.main --distributed=auto "${ARGS[@]}"

@@ -4,7 +4,10 @@
 # Usage (from a machine with gcloud access):
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b WORKDIR=gs://bucket/interbert/run1 \
 #   DATA_DIR=gs://bucket/cc_prepared INIT_FROM=gs://bucket/bert_base_converted \
-#     launch/tpu_pod.sh [--config.mesh.fsdp=4 ...extra --config overrides]
+#     launch/tpu_pod.sh [--dry_run] [--config.mesh.fsdp=4 ...extra --config overrides]
+#
+# --dry_run prints the gcloud command (with the exact remote command line) instead of
+# running it; nothing is contacted, gcloud need not be installed.
 #
 # Every host runs the same command. `python -m interbert_jax.main --distributed=true`
 # calls jax.distributed.initialize() with no arguments; on Cloud TPU JAX auto-detects the
@@ -18,21 +21,34 @@
 # path on the TPU VMs, default ~/interbert-jax); PROJECT (optional gcloud project).
 set -euo pipefail
 
+DRY_RUN=0
+FLAGS=()
+for arg in "$@"; do
+  if [[ "${arg}" == "--dry_run" ]]; then DRY_RUN=1; else FLAGS+=("${arg}"); fi
+done
+# Runs a command, or with --dry_run prints it shell-quoted (copy-pasteable).
+run() {
+  if (( DRY_RUN )); then printf '%q ' "$@"; printf '\n'; else "$@"; fi
+}
+
 : "${TPU_NAME:?set TPU_NAME}"
 : "${ZONE:?set ZONE}"
 : "${WORKDIR:?set WORKDIR (gs://... so all hosts share it)}"
 CONFIG=${CONFIG:-configs/pretrain.py:base}
-REPO_DIR=${REPO_DIR:-~/interbert-jax}
-PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
+# Quoted so that ~ is the TPU VM user's home, expanded there, not this machine's.
+REPO_DIR=${REPO_DIR:-'~/interbert-jax'}
+PROJECT_FLAG=()
+[[ -n "${PROJECT:-}" ]] && PROJECT_FLAG=("--project=${PROJECT}")
 
 ARGS=("--config=${CONFIG}" "--workdir=${WORKDIR}" "--distributed=true")
 [[ -n "${DATA_DIR:-}" ]] && ARGS+=("--config.data.dir=${DATA_DIR}")
 [[ -n "${INIT_FROM:-}" ]] && ARGS+=("--config.init_from=${INIT_FROM}")
-ARGS+=("$@")
+ARGS+=(${FLAGS[@]+"${FLAGS[@]}"})
 
 # One-time setup per VM (idempotent): install the pinned requirements.
 SETUP="cd ${REPO_DIR} && pip install -q -r requirements.txt 'jax[tpu]==0.10.2' -e ."
 RUN="cd ${REPO_DIR} && python3 -m interbert_jax.main ${ARGS[*]@Q}"
 
-gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone="${ZONE}" ${PROJECT_FLAG} --worker=all \
+run gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone="${ZONE}" \
+  ${PROJECT_FLAG[@]+"${PROJECT_FLAG[@]}"} --worker=all \
   --command="${SETUP} && ${RUN} 2>&1 | tee -a /tmp/interbert_train.log"

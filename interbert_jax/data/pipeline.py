@@ -3,8 +3,8 @@
 Examples are captions (each with its image). Everything random about global example
 position g (0, 1, 2, ... over the whole run) derives from (data.seed, epoch, g):
   epoch = g // num_captions; caption = permutation_epoch[g % num_captions], the permutation
-  drawn from (data.seed, epoch); the ITM negative, the MSM and MRM masks from a generator
-  keyed by (data.seed, split, epoch, g).
+  drawn from (data.seed, epoch); the ITM negative (random or hard, itm_negatives.py), the
+  MSM and MRM masks from a generator keyed by (data.seed, split, epoch, g).
 Global batch k holds positions [k B, (k+1) B); host h of H reads the contiguous slice
 [k B + h B/H, k B + (h+1) B/H). Hence:
   - two iterators built from the same config yield identical batches (bit for bit);
@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from interbert_jax.data import itm_negatives
 from interbert_jax.data import loader_pool
 from interbert_jax.data import masking
 from interbert_jax.data import record_decode
@@ -129,6 +130,13 @@ class _Split:
     self.msm_cfg = types.SimpleNamespace(**d.msm.to_dict())
     self.mrm_cfg = types.SimpleNamespace(**d.mrm.to_dict())
     self.itm_negative_prob = float(d.itm_negative_prob)
+    self.hard_prob = float(d.hard_negative_prob)
+    self.hard = None
+    if d.itm_negatives == "hard" and self.itm_negative_prob > 0:
+      table = itm_negatives.neighbor_table(
+          self.dir, split, int(d.hard_negative_k), self.record, len(self.images),
+          cache_dir=d.hard_negative_cache_dir)
+      self.hard = itm_negatives.HardNegatives(table, self.captions.image_index, self._caption)
     self.max_regions = int(d.max_regions)
     self.adaptive = bool(d.adaptive_regions)
     self.min_regions = int(d.min_regions)
@@ -173,12 +181,25 @@ class _Split:
                           f"; check the dataset: python -m interbert_jax.data.validate "
                           f"{self.dir} --sample=0") from None
 
+  def pair(self, rng, caption_index: int) -> tuple[int, int, int]:
+    """(image index, caption index, ITM label) of the example of `caption_index`.
+
+    With p = itm_negative_prob the caption is replaced by another image's (label 1): with
+    itm_negatives="hard" and p = hard_negative_prob one of the nearest images', else any.
+    """
+    image_index = int(self.captions.image_index[caption_index])
+    if rng.random() >= self.itm_negative_prob:
+      return image_index, caption_index, 0
+    negative = None
+    if self.hard is not None and rng.random() < self.hard_prob:
+      negative = self.hard.draw(rng, image_index)
+    if negative is None:
+      negative = self._negative(rng, image_index)
+    return image_index, negative, 1
+
   def fill(self, out: dict, row: int, caption_index: int, rng) -> None:
     """Writes example (caption_index, rng) into row `row` of the batch arrays `out`."""
-    image_index = int(self.captions.image_index[caption_index])
-    label = 0
-    if rng.random() < self.itm_negative_prob:
-      caption_index, label = self._negative(rng, image_index), 1
+    image_index, caption_index, label = self.pair(rng, caption_index)
     out["itm_labels"][row] = label
     self.fill_text(out, row, caption_index, rng)
     self.fill_regions(out, row, image_index, rng)

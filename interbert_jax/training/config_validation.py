@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from interbert_jax import tasks
+from interbert_jax.data import itm_negatives
 from interbert_jax.data import masking
 from interbert_jax.model import common as model_common
 from interbert_jax.model import interbert
@@ -26,6 +27,7 @@ ENUMERATED = {
     "data.mrm.strategy": masking.MRM_STRATEGIES,
     "optimizer.name": optimizer.OPTIMIZERS,
     "optimizer.schedule": optimizer.SCHEDULES,
+    "data.itm_negatives": itm_negatives.ITM_NEGATIVES,
     "task": tasks.TASKS,
 }
 
@@ -105,6 +107,8 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
           "data.max_msm_targets", "must be in [0, data.text_len]")
   positive_int("data.max_regions")
   check(0.0 <= d.itm_negative_prob <= 1.0, "data.itm_negative_prob", "must be in [0, 1]")
+  check(0.0 <= d.hard_negative_prob <= 1.0, "data.hard_negative_prob", "must be in [0, 1]")
+  positive_int("data.hard_negative_k")
   check(not d.dir or "://" in d.dir or os.path.isdir(d.dir), "data.dir", "directory does not exist")
 
   # Optimizer and loss.
