@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from interbert_jax.data import itm_negatives
+from interbert_jax.data import neighbours
 from interbert_jax.data import pipeline
 from interbert_jax.training import config_validation
 
@@ -38,11 +38,10 @@ def _fingerprint(batch):
 
 def test_nearest_images_by_cosine():
   emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [1, 0]], np.float32)
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  table = itm_negatives.nearest_images(emb, 2, block=2)         # blocks cross rows
+  table = neighbours.nearest_neighbours(emb, 2, block=2)        # blocks cross rows
   np.testing.assert_array_equal(table, [[4, 1], [0, 4], [3, 1], [2, 1], [0, 1]])
   assert table.dtype == np.int32
-  assert itm_negatives.nearest_images(emb, 10).shape == (5, 4)  # at most the others
+  assert neighbours.nearest_neighbours(emb, 10).shape == (5, 4)  # at most the others
 
 
 def test_hard_pairs_come_from_the_nearest_images(config):
@@ -76,15 +75,15 @@ def test_hard_pairs_come_from_the_nearest_images(config):
 
 def test_neighbours_are_cached_beside_the_dataset(config, monkeypatch, tmp_path):
   data_dir = pipeline.data_dir(config)
-  path = os.path.join(data_dir, f"hard_negatives_v1_train_k{K}.npy")
+  path = os.path.join(data_dir, "neighbours", f"train_k{K}.npy")
   pipeline._Split(config, "train")
   assert os.path.exists(path) and np.load(path).shape == (60, K)
 
   def no_compute(*a, **k):
     raise AssertionError("recomputed despite the cache")
-  monkeypatch.setattr(itm_negatives, "nearest_images", no_compute)
+  monkeypatch.setattr(neighbours, "nearest_neighbours", no_compute)
   pipeline._Split(config, "train")                              # loads, does not compute
-  assert itm_negatives.cache_file("gs://bucket/cc", "train", 8, str(tmp_path)).startswith(
+  assert neighbours.cache_path("gs://bucket/cc", "train", 8, str(tmp_path)).startswith(
       str(tmp_path))                                            # remote dataset: cache dir
 
 

@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from interbert_jax.data import itm_negatives
+from interbert_jax.data import neighbours
 from interbert_jax.data import loader_pool
 from interbert_jax.data import masking
 from interbert_jax.data import record_decode
@@ -133,8 +134,8 @@ class _Split:
     self.hard_prob = float(d.hard_negative_prob)
     self.hard = None
     if d.itm_negatives == "hard" and self.itm_negative_prob > 0:
-      table = itm_negatives.neighbor_table(
-          self.dir, split, int(d.hard_negative_k), self.record, len(self.images),
+      table = neighbours.cached_neighbours(
+          self.dir, split, len(self.images), self.record, int(d.hard_negative_k),
           cache_dir=d.hard_negative_cache_dir)
       self.hard = itm_negatives.HardNegatives(table, self.captions.image_index, self._caption)
     self.max_regions = int(d.max_regions)
