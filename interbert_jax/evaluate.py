@@ -12,7 +12,8 @@ lists a task's flags. Exit 2 (one line on stderr) for a user mistake.
 
 Tasks are modules of interbert_jax/evaluation/ with `add_arguments(parser)` (the task's
 own flags) and `run(args) -> dict` (the result; {} on processes other than 0); add one to
-TASKS below (multiple_choice and classification plug in here).
+TASKS below: retrieval (zero-shot or fine-tuned ITM ranking), multiple_choice and
+classification (checkpoints of config.task runs).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow (TFDS) 
 
 TASKS = {
     "retrieval": "interbert_jax.evaluation.retrieval_cli",
+    "multiple_choice": "interbert_jax.evaluation.multiple_choice",
+    "classification": "interbert_jax.evaluation.classification",
 }
 
 
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="An export directory or a training step directory.")
-    p.add_argument("--data", required=True, help="A prepared dataset directory.")
+    p.add_argument("--data", default="", help="A prepared dataset directory (retrieval: "
+                   "required; fine-tuned tasks: default the run's config.data.dir).")
     p.add_argument("--split", default="test", help="The split to evaluate (default test).")
     p.add_argument("--output", default="", help="FILE.json for the result (and its "
                    "FILE.json.blocks/ for resuming); default: stdout only.")
@@ -74,7 +78,8 @@ def main(argv=None) -> int:
   distributed.maybe_initialize(args.distributed)
   try:
     result = importlib.import_module(TASKS[args.task]).run(args)
-  except (common.EvaluationError, schema.DatasetError, block_store.StoreMismatchError) as e:
+  except (common.EvaluationError, schema.DatasetError, block_store.StoreMismatchError,
+          FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if result:

@@ -16,10 +16,7 @@ import ml_collections
 import numpy as np
 
 from interbert_jax import tasks
-
-
-class EvaluationError(ValueError):
-  """A checkpoint, split or flag that cannot be evaluated (the message says why)."""
+from interbert_jax.evaluation.common import EvaluationError
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:

@@ -35,6 +35,9 @@ def run(args) -> dict:
   for flag in ("max_images", "max_captions", "max_regions"):
     if getattr(args, flag) < 0:
       raise common.EvaluationError(f"--{flag}={getattr(args, flag)}: must be >= 0")
+  if not args.data:
+    raise common.EvaluationError("--data=DIR is required for retrieval (a prepared dataset, "
+                                 "e.g. python -m interbert_jax.data.synthetic --task=retrieval)")
   if args.block_images < 1 or args.block_captions < 1:
     raise common.EvaluationError("--block_images and --block_captions must be >= 1")
   mesh = common.data_parallel_mesh()
