@@ -189,31 +189,35 @@ def export(workdir: str, output: str, *, step: int | None = None,
   return info
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (its "
-                               "checkpoints/<step>/ and metrics.jsonl are read).")
-_OUTPUT = flags.DEFINE_string("output", None, "Export directory (new or empty).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_WEIGHTS = flags.DEFINE_enum("weights", None, list(WEIGHTS), "ema (the fine-tuning EMA) "
-                             "or raw; default: ema when the checkpoint keeps one, else raw.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Stored parameter dtype.")
-_FORMAT = flags.DEFINE_enum("format", "native", list(FORMATS), "native (orbax, "
-                            "load_checkpoint), safetensors (load_checkpoint) or reference "
-                            "(the official PyTorch state dict).")
+def _define_flags():
+  """The CLI's flags, defined only when run as a program (the module is also a library,
+  and absl flags are process-global)."""
+  flags.DEFINE_string("workdir", None, "Training run directory (its "
+                      "checkpoints/<step>/ and metrics.jsonl are read).")
+  flags.DEFINE_string("output", None, "Export directory (new or empty).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_enum("weights", None, list(WEIGHTS), "ema (the fine-tuning EMA) "
+                    "or raw; default: ema when the checkpoint keeps one, else raw.")
+  flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Stored parameter dtype.")
+  flags.DEFINE_enum("format", "native", list(FORMATS), "native (orbax, "
+                    "load_checkpoint), safetensors (load_checkpoint) or reference "
+                    "(the official PyTorch state dict).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value or not _OUTPUT.value:
+  if not flags.FLAGS.workdir or not flags.FLAGS.output:
     raise app.UsageError("--workdir and --output are required")
   log_filter.install()
   try:
-    export(_WORKDIR.value, _OUTPUT.value, step=_STEP.value, weights=_WEIGHTS.value,
-           dtype=_DTYPE.value, format=_FORMAT.value)
+    f = flags.FLAGS
+    export(f.workdir, f.output, step=f.step, weights=f.weights, dtype=f.dtype, format=f.format)
   except ExportError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -29,17 +29,6 @@ from interbert_jax import config_files
 from interbert_jax import overrides as overrides_lib
 from interbert_jax import run_dirs
 
-_OUTPUT = flags.DEFINE_string("output", None, "Markdown file; default DIR/report.md. The "
-                              "CSV and PNG go beside it (.csv, .png).")
-_AT_STEP = flags.DEFINE_integer(
-    "at_step", 0, "Compare the runs at this step: train loss and eval of the records at "
-    "exactly this step (an eval step, e.g. 500) instead of each run's last ones. Runs that "
-    "share total_steps share the learning-rate schedule, so their evals at one step compare "
-    "even while some are unfinished.")
-_BASE = flags.DEFINE_string("base", None, "Base config (e.g. configs/pretrain.py:tiny) for "
-                            "runs without overrides.json: the overrides column then lists "
-                            "how their config.json differs from it.")
-
 DASH = "—"
 EVAL_KEYS = ("eval_msm_acc", "eval_mrm_acc", "eval_itm_acc")
 RETRIEVAL_KEYS = ("eval_ir_r1", "eval_ir_r5", "eval_ir_r10",
@@ -287,12 +276,27 @@ def report(root: str, output: str | None = None, base_spec: str | None = None,
   return {"rows": rows, "markdown": markdown, "paths": paths}
 
 
+def _define_flags():
+  """The CLI's flags, defined only when run as a program (the module is also a library,
+  and absl flags are process-global)."""
+  flags.DEFINE_string("output", None, "Markdown file; default DIR/report.md. The "
+                      "CSV and PNG go beside it (.csv, .png).")
+  flags.DEFINE_integer(
+      "at_step", 0, "Compare the runs at this step: train loss and eval of the records at "
+      "exactly this step (an eval step, e.g. 500) instead of each run's last ones. Runs that "
+      "share total_steps share the learning-rate schedule, so their evals at one step compare "
+      "even while some are unfinished.")
+  flags.DEFINE_string("base", None, "Base config (e.g. configs/pretrain.py:tiny) for "
+                      "runs without overrides.json: the overrides column then lists "
+                      "how their config.json differs from it.")
+
+
 def main(argv):
   if len(argv) != 2:
     sys.stderr.write("error: usage: python -m interbert_jax.report DIR [--output=FILE.md]\n")
     sys.exit(2)
   try:
-    out = report(argv[1], _OUTPUT.value, _BASE.value, _AT_STEP.value)
+    out = report(argv[1], flags.FLAGS.output, flags.FLAGS.base, flags.FLAGS.at_step)
   except ReportError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)
@@ -301,4 +305,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
