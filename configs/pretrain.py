@@ -122,7 +122,7 @@ def data_config(variant="base"):
       # "en" | "zh" (synthetic_world.LANGUAGES): captions in English words, or Chinese text
       # split one token per character by the BERT tokenizer against a character vocabulary
       # the world generates. Chinese captions are ~2-3x more tokens: the tiny world needs
-      # data.text_len=32 in zh (3 objects, short form; 16 fits no 3-object caption).
+      # data.text_len=26 in zh (3 objects in the short form need 24 tokens + [CLS], [SEP]).
       language="en",
       dir=""))                         # "" = ~/.cache/interbert_jax/synthetic/<hash>
   if variant == "tiny":
