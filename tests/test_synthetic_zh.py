@@ -79,5 +79,7 @@ def test_short_chinese_pretraining_retrieves_images_above_chance(tmp_path_factor
   got = json.loads(output.read_text())
   assert got["images"] == EVAL_IMAGES and got["captions"] == 5 * EVAL_IMAGES
   assert got["chance_ir_r1"] == pytest.approx(100 / EVAL_IMAGES)
-  # BOUND
-  assert got["ir_r1"] > 1.5 * got["chance_ir_r1"], got
+  # Chance is 1/24 = 4.2%. Measured: 16.7% after 600 steps (4x chance; ITM acc 0.70),
+  # 5.8% after 300 (1.4x, too close to chance to test). The bound is 2x chance.
+  assert got["ir_r1"] > 2 * got["chance_ir_r1"], got
+  assert got["ir_r10"] > got["ir_r1"]
