@@ -14,11 +14,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_PRETRAIN_STEPS = 600
 
 
-def pretrain_tiny(workdir, steps, *overrides):
+def pretrain_tiny(workdir, steps, *overrides, checkpoint_every_steps=0):
   """Runs the shipped tiny config for `steps` steps on 1 CPU device in a subprocess.
 
-  One checkpoint at `steps` unless overrides say otherwise (later flags win).
-  -> the checkpoint directory of step `steps`.
+  overrides: more --config.* flags. Checkpoints every checkpoint_every_steps (0 = only at
+  `steps`). -> the checkpoint directory of step `steps`.
   """
   import subprocess
   import sys
@@ -28,7 +28,8 @@ def pretrain_tiny(workdir, steps, *overrides):
       [sys.executable, "-m", "interbert_jax.main", "--config=configs/pretrain.py:tiny",
        f"--workdir={workdir}", f"--config.total_steps={steps}",
        "--config.log_every_steps=50", f"--config.eval_every_steps={steps}",
-       "--config.eval_batches=2", f"--config.checkpoint_every_steps={steps}",
+       "--config.eval_batches=2",
+       f"--config.checkpoint_every_steps={checkpoint_every_steps or steps}",
        "--config.peak_flops_per_device=1e11", *overrides],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -44,7 +45,7 @@ def tiny_pretrain_run(tmp_path_factory):
   """
   workdir = tmp_path_factory.mktemp("tiny_pretrain") / "run"
   step_dir = pretrain_tiny(
-      workdir, TINY_PRETRAIN_STEPS, "--config.checkpoint_every_steps=300",
+      workdir, TINY_PRETRAIN_STEPS,
       f"--config.eval_retrieval_every_steps={TINY_PRETRAIN_STEPS}",
-      "--config.eval_retrieval_images=16")
+      "--config.eval_retrieval_images=16", checkpoint_every_steps=300)
   return dict(workdir=str(workdir), steps=TINY_PRETRAIN_STEPS, step_dir=step_dir)
