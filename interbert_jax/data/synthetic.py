@@ -94,6 +94,13 @@ def _check_params(params: dict):
   if params["caption_len"] < 7:
     raise ValueError(f"config.data.text_len={params['caption_len'] + 2}: the synthetic "
                      "captions need text_len >= 9")
+  need = world.longest_short_caption(params.get("language", "en"), params["max_objects"],
+                                     params["num_object_classes"], params["num_attributes"])
+  if params["caption_len"] < need:
+    raise ValueError(f"config.data.text_len={params['caption_len'] + 2}: captions of "
+                     f"{params['max_objects']} objects in "
+                     f"config.data.synthetic.language={params.get('language', 'en')!r} "
+                     f"need text_len >= {need + 2}")
   if params["max_regions"] < 3:
     raise ValueError(f"config.data.synthetic.max_regions_per_image (or data.max_regions)="
                      f"{params['max_regions']}: the synthetic "

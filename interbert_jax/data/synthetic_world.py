@@ -131,6 +131,18 @@ def _jitter(rng, box, frac):
   return np.array([x1 + d[0], y1 + d[1], x2 + d[2], y2 + d[3]], np.float32)
 
 
+def longest_short_caption(language, n_objects, num_object_classes, num_attributes):
+  """Tokens of the longest caption in its shortest form (no prefix, no articles) that
+  n_objects objects of the first num_object_classes x num_attributes words can need."""
+  classes, attributes, _, _, punct, _, short_and = LEXICONS[language]
+  _, length = caption_encoder(language)
+  attr = max(attributes[:num_attributes], key=lambda w: length([w]))
+  cls = max(classes[:num_object_classes], key=lambda w: length([w]))
+  words = [w for _ in range(n_objects) for w in (attr, cls, punct[1])]
+  return length(words[:-1] + [punct[0]]) + (length([short_and]) - length([punct[1]])) * (
+      n_objects > 1)
+
+
 def caption_tokens(rng, objects, max_len, order=None, language="en", length=len):
   """Words of one caption naming every (attribute, class) object, at most max_len tokens.
 
