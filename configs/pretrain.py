@@ -119,6 +119,11 @@ def data_config(variant="base"):
       spatial_order=True,              # captions name the objects left to right.
       num_object_classes=0,            # >0: objects use only the first N of the 24 classes
       num_attributes=0,                # / of the 10 attributes (0 = all).
+      # "en" | "zh" (synthetic_world.LANGUAGES): captions in English words, or Chinese text
+      # split one token per character by the BERT tokenizer against a character vocabulary
+      # the world generates. Chinese captions are ~2-3x more tokens: the tiny world needs
+      # data.text_len=26 in zh (3 objects in the short form need 24 tokens + [CLS], [SEP]).
+      language="en",
       dir=""))                         # "" = ~/.cache/interbert_jax/synthetic/<hash>
   if variant == "tiny":
     d.text_len = 16

@@ -12,12 +12,21 @@ its attribute ("a photo of a red dog next to a wooden car ."), left to right by 
 (spatial_order) or in random order, so a masked object/attribute word can only be recovered
 from the regions and a masked region group only from the caption (with spatial order, the
 masked group's location tells which caption object it is).
+
+Captions are English words (language "en") or Chinese text (language "zh", the paper's
+second model): the same objects named by real Chinese words ("照片里有一个红色的狗和一个
+木制的汽车。"), joined into a string and split by the BERT tokenizer (tokenizer.py, one
+token per CJK character) against a vocabulary the world generates: the special tokens and
+every character the Chinese words use.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from interbert_jax.data import tokenizer as tokenizer_lib
 from interbert_jax.data.tokenizer import SPECIAL_TOKENS
+
+LANGUAGES = ("en", "zh")         # config.data.synthetic.language
 
 # Adjacent pairs are each other's "confusable" class (the detector mixes them up).
 CLASSES = ("dog", "cat", "car", "bus", "tree", "bush", "house", "tower", "bird", "kite",
@@ -30,19 +39,55 @@ ATTRIBUTES = ("red", "blue", "green", "yellow", "white", "black", "wooden", "met
 PREFIXES = (("a", "photo", "of"), ("there", "is"))
 CONNECTORS = (("and",), ("next", "to"))
 PUNCT = (".", ",")
+# The same words in Chinese, index for index (the detector's confusable pairs included).
+ZH_CLASSES = ("狗", "猫", "汽车", "公共汽车", "树", "灌木", "房子", "塔", "鸟", "风筝",
+              "马", "牛", "小船", "轮船", "椅子", "长凳", "桌子", "书桌", "杯子",
+              "瓶子", "书", "台灯", "花", "钟")
+ZH_ATTRIBUTES = ("红色的", "蓝色的", "绿色的", "黄色的", "白色的", "黑色的", "木制的",
+                 "金属的", "小的", "大的")
+ZH_PREFIXES = (("照片里有",), ("有",))          # "in the photo there is" / "there is"
+ZH_CONNECTORS = (("和",), ("旁边是",))          # "and" / "next to it is"
+ZH_PUNCT = ("。", "，")
+# A language's words: (classes, attributes, prefixes, connectors, (full stop, comma),
+# the article, the short "and").
+LEXICONS = {
+    "en": (CLASSES, ATTRIBUTES, PREFIXES, CONNECTORS, PUNCT, "a", "and"),
+    "zh": (ZH_CLASSES, ZH_ATTRIBUTES, ZH_PREFIXES, ZH_CONNECTORS, ZH_PUNCT, "一个", "和"),
+}
 # Clutter regions (background stuff) get detector classes after the named objects.
 NUM_CLUTTER_CLASSES = 8
 GRID = ((0, 0), (1, 0), (0, 1), (1, 1))   # Cells of the 2x2 layout: one object per cell.
 
 
-def vocab_tokens():
-  """The synthetic vocabulary: BERT special tokens first ([PAD] = 0), then the words."""
-  words = set(CLASSES) | set(ATTRIBUTES) | set(PUNCT)
-  for group in (PREFIXES, CONNECTORS):
+def _lexicon_words(language):
+  classes, attributes, prefixes, connectors, punct, article, short_and = LEXICONS[language]
+  words = set(classes) | set(attributes) | set(punct) | {article, short_and}
+  for group in (prefixes, connectors):
     for phrase in group:
       words.update(phrase)
-  words.add("a")
+  return words
+
+
+def vocab_tokens(language="en"):
+  """The synthetic vocabulary: BERT special tokens first ([PAD] = 0), then the words
+  ("en") or every character of the words ("zh": a Chinese BERT vocabulary is characters)."""
+  words = _lexicon_words(language)
+  if language == "zh":
+    words = {ch for w in words for ch in w}
   return list(SPECIAL_TOKENS) + sorted(words)
+
+
+def caption_encoder(language="en"):
+  """-> (encode, length): caption words -> token ids, and -> number of tokens.
+
+  "en": one vocabulary id per word. "zh": the words are joined into Chinese text, which the
+  BERT tokenizer (tokenizer.py) splits against vocab_tokens("zh").
+  """
+  vocab = {w: i for i, w in enumerate(vocab_tokens(language))}
+  if language == "en":
+    return (lambda words: [vocab[w] for w in words]), len
+  tok = tokenizer_lib.Tokenizer(vocab, lower_case=True)
+  return (lambda words: tok.encode("".join(words))), (lambda words: len(tok.tokenize("".join(words))))
 
 
 def num_detector_classes_needed():
@@ -86,17 +131,32 @@ def _jitter(rng, box, frac):
   return np.array([x1 + d[0], y1 + d[1], x2 + d[2], y2 + d[3]], np.float32)
 
 
-def caption_tokens(rng, objects, max_len, order=None):
-  """Words of one caption naming every (attribute, class) object, at most max_len words.
+def longest_short_caption(language, n_objects, num_object_classes, num_attributes):
+  """Tokens of the longest caption in its shortest form (no prefix, no articles) that
+  n_objects objects of the first num_object_classes x num_attributes words can need."""
+  classes, attributes, _, _, punct, _, short_and = LEXICONS[language]
+  _, length = caption_encoder(language)
+  attr = max(attributes[:num_attributes], key=lambda w: length([w]))
+  cls = max(classes[:num_object_classes], key=lambda w: length([w]))
+  words = [w for _ in range(n_objects) for w in (attr, cls, punct[1])]
+  return length(words[:-1] + [punct[0]]) + (length([short_and]) - length([punct[1]])) * (
+      n_objects > 1)
+
+
+def caption_tokens(rng, objects, max_len, order=None, language="en", length=len):
+  """Words of one caption naming every (attribute, class) object, at most max_len tokens.
 
   order: the objects' order in the caption (None = random). Tries a random long form first;
   when it does not fit, drops the prefix, then uses one-word connectors, then drops the
-  articles ("red dog , wooden car and blue tree .").
+  articles ("red dog , wooden car and blue tree ."). length: words -> their token count
+  (caption_encoder; a Chinese word is several tokens).
   """
+  classes, attributes, prefixes, connectors, punct, article, short_and = LEXICONS[language]
   order = rng.permutation(len(objects)) if order is None else order
-  prefix = PREFIXES[rng.integers(len(PREFIXES))]
-  conns = [CONNECTORS[rng.integers(len(CONNECTORS))] for _ in range(len(objects) - 1)]
-  short_conns = [("and",) if i == len(objects) - 2 else (",",) for i in range(len(conns))]
+  prefix = prefixes[rng.integers(len(prefixes))]
+  conns = [connectors[rng.integers(len(connectors))] for _ in range(len(objects) - 1)]
+  short_conns = [(short_and,) if i == len(objects) - 2 else (punct[1],)
+                 for i in range(len(conns))]
   for level in range(4):
     words = list(prefix) if level == 0 else []
     for j, i in enumerate(order):
@@ -104,19 +164,19 @@ def caption_tokens(rng, objects, max_len, order=None):
       if j > 0:
         words.extend(conns[j - 1] if level <= 1 else short_conns[j - 1])
       if level < 3:
-        words.append("a")
-      words.extend((ATTRIBUTES[attr], CLASSES[cls]))
-    words.append(".")
-    if len(words) <= max_len:
+        words.append(article)
+      words.extend((attributes[attr], classes[cls]))
+    words.append(punct[0])
+    if length(words) <= max_len:
       return words
-  raise ValueError(f"a caption of {len(objects)} objects needs {len(words)} words, more "
+  raise ValueError(f"a caption of {len(objects)} objects needs {length(words)} tokens, more "
                    f"than the {max_len} that fit into config.data.text_len")
 
 
 def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions,
-               noise, caption_len, captions_per_image, word_ids, split, min_objects=2,
+               noise, caption_len, captions_per_image, encoder, split, min_objects=2,
                max_objects=4, max_clutter=2, spatial_order=False, num_object_classes=0,
-               num_attributes=0):
+               num_attributes=0, language="en"):
   """One synthetic image: (record in the schema layout, captions as token-id lists, truth).
 
   max_regions caps the number of regions (objects keep >= 1 each); fill_regions > 0 pads
@@ -124,7 +184,8 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
   per image (uniform, at most 4 = the grid cells); max_clutter: clutter regions per image
   (uniform in 0..max_clutter); spatial_order: captions name objects left to right;
   num_object_classes / num_attributes > 0: draw objects from the first that many CLASSES /
-  ATTRIBUTES only (vocabulary and detector classes stay the same).
+  ATTRIBUTES only (vocabulary and detector classes stay the same); encoder: the
+  (encode, length) pair of caption_encoder(language).
   """
   feature_dim = prototypes["classes"].shape[1]
   width = int(rng.integers(480, 801))
@@ -180,7 +241,9 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
       object_conf=cls_prob.max(-1).astype(np.float32))
   # Left to right by the object's (unjittered) box centre.
   caption_order = np.argsort(centres, kind="stable") if spatial_order else None
-  captions = [[word_ids[w] for w in caption_tokens(rng, objects, caption_len, caption_order)]
+  encode, length = encoder
+  captions = [encode(caption_tokens(rng, objects, caption_len, caption_order, language,
+                                    length))
               for _ in range(captions_per_image)]
   # The generator's truth (for tests): the (attribute, class) objects, their box centres
   # (x, pixels) and, per region, the index of the object it shows (-1 = clutter).

@@ -11,6 +11,7 @@ import numpy as np
 from interbert_jax import tasks
 from interbert_jax.data import itm_negatives
 from interbert_jax.data import masking
+from interbert_jax.data import synthetic_world
 from interbert_jax.model import common as model_common
 from interbert_jax.model import interbert
 from interbert_jax.parallel import mesh as mesh_lib
@@ -29,6 +30,7 @@ ENUMERATED = {
     "optimizer.schedule": optimizer.SCHEDULES,
     "data.itm_negatives": itm_negatives.ITM_NEGATIVES,
     "task": tasks.TASKS,
+    "data.synthetic.language": synthetic_world.LANGUAGES,
 }
 
 
