@@ -255,7 +255,11 @@ def test_unreadable_latest_checkpoint_falls_back_bitwise(env, straight, tmp_path
   proc = _run(env, workdir)
   warnings = [l for l in proc.stderr.splitlines() if "cannot be read" in l]
   assert len(warnings) == 1 and "checkpoint 30 in" in warnings[0], warnings
-  assert "OUT_OF_RANGE" in warnings[0] and "Traceback" not in proc.stderr
+  assert "OUT_OF_RANGE" in warnings[0]
+  # No traceback of ours. TensorStore's asyncio threads sometimes print "Event loop is
+  # closed" tracebacks from C++ at exit, which no Python logging filter can reach.
+  assert proc.stderr.count("Traceback (most recent call last)") <= proc.stderr.count(
+      "Event loop is closed"), proc.stderr[-3000:]
   assert f"resumed from {ckpt_dir}/20" in proc.stderr
   # Kept aside (not deleted, not counted by keep-N), and step 30 was saved again.
   assert sorted(os.listdir(ckpt_dir)) == ["10", "20", "30", "30.corrupt-1", "40"]

@@ -131,7 +131,7 @@ def _check_run(root, name, own, attempts):
   assert [t["returncode"] for t in tries] == [0] * attempts and tries[-1]["wall_s"] > 0
   assert f"--workdir={workdir}" in tries[-1]["command"]
   log = open(os.path.join(workdir, "train.log")).read()
-  assert log.startswith("[sweep] attempt 1") and "checkpoint 4 started (final)" in log
+  assert log.startswith("[sweep] attempt 1") and "checkpoint 4 saving to" in log
   assert run_dirs.run_status(workdir, 4) == ("finished", "")
   return log
 
