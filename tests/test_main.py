@@ -74,6 +74,13 @@ def _no_traceback_of_ours(stderr: str) -> bool:
       "Event loop is closed")
 
 
+def _tracebacks(stderr: str) -> str:
+  """The lines around each traceback, for the failure message (stderr can be long)."""
+  lines = stderr.splitlines()
+  hits = [i for i, l in enumerate(lines) if "Traceback (most recent call last)" in l]
+  return "\n---\n".join("\n".join(lines[max(0, i - 3):i + 25]) for i in hits)
+
+
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
@@ -264,7 +271,7 @@ def test_unreadable_latest_checkpoint_falls_back_bitwise(env, straight, tmp_path
   warnings = [l for l in proc.stderr.splitlines() if "cannot be read" in l]
   assert len(warnings) == 1 and "checkpoint 30 in" in warnings[0], warnings
   assert "OUT_OF_RANGE" in warnings[0]
-  assert _no_traceback_of_ours(proc.stderr), proc.stderr[-3000:]
+  assert _no_traceback_of_ours(proc.stderr), _tracebacks(proc.stderr)
   assert f"resumed from {ckpt_dir}/20" in proc.stderr
   # Kept aside (not deleted, not counted by keep-N), and step 30 was saved again.
   assert sorted(os.listdir(ckpt_dir)) == ["10", "20", "30", "30.corrupt-1", "40"]
@@ -282,7 +289,7 @@ def test_no_readable_checkpoint_is_a_clear_error(env, straight, tmp_path):
   proc = _run(env, workdir, expect_rc=1)
   assert f"error: no checkpoint in {ckpt_dir} can be read (step 20: " in proc.stderr
   assert "step 10: " in proc.stderr and "another --workdir" in proc.stderr
-  assert _no_traceback_of_ours(proc.stderr), proc.stderr[-3000:]
+  assert _no_traceback_of_ours(proc.stderr), _tracebacks(proc.stderr)
   assert sorted(os.listdir(ckpt_dir)) == ["10", "20"]          # nothing moved or deleted
 
 

@@ -5,7 +5,13 @@ checkpoint save, finalize and delete). A filter on absl's handler keeps INFO rec
 come from this package and drops the others unless absl's verbosity is >= 1 (`-v 1`).
 Library warnings and errors keep their first line; their tracebacks (a failed orbax save
 logs them from each of its threads) show only with -v 1.
+
+Exceptions Python cannot raise anywhere ("Exception ignored in: <coroutine ...>", printed
+by `sys.unraisablehook` when a library's failed asyncio read is garbage-collected: orbax
+restoring a corrupt checkpoint leaves one per unreadable array, each with a 60-line
+TensorStore spec) become one debug line; -v 1 prints them in full as Python would.
 """
+import sys
 import logging as pylogging
 import os
 
@@ -37,8 +43,19 @@ def _first_line_only(record: pylogging.LogRecord, limit: int = 400) -> None:
     record.exc_info = record.exc_text = record.stack_info = None
 
 
+def _quiet_unraisable(unraisable) -> None:
+  """sys.unraisablehook: one debug line (full report with -v 1)."""
+  if logging.get_verbosity() >= 1:
+    sys.__unraisablehook__(unraisable)
+    return
+  first = (str(unraisable.exc_value).splitlines() or [""])[0][:200]
+  logging.debug("exception ignored in %r: %s: %s", unraisable.object,
+                getattr(unraisable.exc_type, "__name__", unraisable.exc_type), first)
+
+
 def install() -> None:
   """INFO from interbert_jax on absl's handler (stderr); library chatter behind -v 1."""
+  sys.unraisablehook = _quiet_unraisable
   pylogging.getLogger("absl").setLevel(pylogging.INFO)
   handler = logging.get_absl_handler()
   if not any(isinstance(f, OwnInfoFilter) for f in handler.filters):
