@@ -219,7 +219,7 @@ def test_reference_export_round_trips_and_ema_is_preferred(tiny_pretrain_run, tm
 
 def test_export_errors(tiny_pretrain_run, tmp_path):
   workdir = tiny_pretrain_run["workdir"]
-  with pytest.raises(export.ExportError, match=r"--step=7: .* has steps 300, 600"):
+  with pytest.raises(export.ExportError, match=r"--step=7: .* has steps .*3000"):
     export.export(workdir, str(tmp_path / "a"), step=7)
   with pytest.raises(export.ExportError, match="no checkpoint in"):
     export.export(str(tmp_path), str(tmp_path / "b"))

@@ -208,22 +208,16 @@ def test_bad_config_fails_before_compiling(env, tmp_path):
   assert proc.returncode != 0 and "no_such_key" in proc.stderr
 
 
-def test_tiny_learns_on_synthetic_data(tmp_path):
-  """The README's quick-start job, as shipped (3,000 steps of `tiny`, ~4 min on 2 cores).
+def test_tiny_learns_on_synthetic_data(tiny_pretrain_run):
+  """The README's quick-start job, as shipped (3,000 steps of `tiny`, ~4 min on 2 cores;
+  the session's shared run, conftest.py).
 
   Measured (eval on 256 validation pairs, bit-identical across runs on this CPU):
   ITM 0.918, MSM 0.772, MRM 0.797 at step 3000. Chance: ITM 0.5; MSM 0.21 (most frequent
   word; text alone tops out near 0.68 since object/attribute words need the regions);
   MRM 0.18 (most frequent class).
   """
-  env = dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
-             TF_CPP_MIN_LOG_LEVEL="2", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  workdir = str(tmp_path / "learn")
-  proc = subprocess.run(
-      [sys.executable, "-m", "interbert_jax.main", "--config=configs/pretrain.py:tiny",
-       f"--workdir={workdir}", "--config.peak_flops_per_device=1e11"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  workdir = tiny_pretrain_run["workdir"]
   records = _metrics(workdir)
   train = [r for r in records if "loss" in r]
   final_eval = [r for r in records if "eval_loss" in r][-1]
