@@ -11,7 +11,9 @@ r"""InterBERT pretraining and fine-tuning: one trainer, read top to bottom.
 terms and eval; the loop below is the same for every task.
 
 Outputs in --workdir: config.json (resolved config), metrics.jsonl (one JSON object per
-log step, eval_* keys at eval steps), tb/ (TensorBoard), checkpoints/<step>/ (orbax;
+log step, eval_* keys at eval steps; pretraining adds the plateau diagnostics
+dead_text_pooler, dead_image_pooler, itm_logit_std and warns once when ITM sits at ln 2:
+docs/plateau.md), tb/ (TensorBoard), checkpoints/<step>/ (orbax;
 `params` readable by interbert_jax.load_checkpoint). Re-running the same command resumes
 from the latest checkpoint and reaches bitwise the same parameters as an uninterrupted run.
 SIGTERM saves a checkpoint and exits 0. A non-finite loss stops the run (exit 1) without
@@ -57,6 +59,7 @@ from interbert_jax.training import flops as flops_lib
 from interbert_jax.training import log_filter
 from interbert_jax.training import metrics as metrics_lib
 from interbert_jax.training import optimizer as optimizer_lib
+from interbert_jax.training import plateau as plateau_lib
 from interbert_jax.training import preemption as preemption_lib
 from interbert_jax.training import state as state_lib
 from interbert_jax.training import train_step as train_step_lib
@@ -229,6 +232,8 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
   preemption = preemption_lib.PreemptionSignal()
   progress = metrics_lib.Progress(config.total_steps, start_step, config.batch_size)
   window: list[dict] = []
+  plateau = plateau_lib.PlateauDetector.from_config(
+      config, optimizer_lib.warmup_steps(config), start_step)   # once per process
 
   def save(step, reason):
     check_finite(window, step, writer, ckpt)
@@ -257,6 +262,10 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
         logging.info("%s | %s | mfu %.2f%%", progress.line(step, scalars["loss"], rates),
                      " ".join(f"{k} {scalars[k]:.3f}" for k in task.log_keys),
                      100 * scalars["mfu"])
+        if (process == 0 and "itm_loss" in scalars and "dead_text_pooler" in scalars
+            and plateau.update(step, scalars["itm_loss"])):   # pretraining, process 0
+          logging.warning("%s", plateau_lib.warning_message(step, scalars,
+                                                            plateau.window_steps))
         window = []
 
       if config.eval_every_steps and (step % config.eval_every_steps == 0

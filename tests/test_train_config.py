@@ -36,6 +36,8 @@ def test_shipped_configs_are_valid(variant):
     ("mesh.data", 3, r"config\.mesh: data\*fsdp\*tensor = 3"),
     ("eval_retrieval_every_steps", -1, r"config\.eval_retrieval_every_steps=-1: must be"),
     ("eval_retrieval_images", -5, r"config\.eval_retrieval_images=-5: must be an integer >= 0"),
+    ("plateau.window_steps", -1, r"config\.plateau\.window_steps=-1: must be an integer >= 0"),
+    ("plateau.tolerance", 1.5, r"config\.plateau\.tolerance=1\.5: must be in \(0, 1\)"),
 ])
 def test_bad_values_name_their_key(key, value, message):
   config = get_config("tiny")

@@ -140,3 +140,45 @@ def combine(terms, loss_config):
            + loss_config.itm_weight * metrics["itm_loss"])
   metrics["loss"] = total
   return total, metrics
+
+
+# Plateau diagnostics (docs/plateau.md): not loss terms, never differentiated. Two steps so
+# gradient accumulation sees the whole batch: per (micro)batch statistics, then the
+# metrics over the statistics of every microbatch of the step.
+DIAGNOSTICS = ("dead_text_pooler", "dead_image_pooler", "itm_logit_std")
+
+
+def itm_diagnostic_stats(outputs):
+  """Per-(micro)batch statistics of the pooled vectors and the ITM logits.
+
+  Args:
+    outputs: the model's outputs: text_pooled, image_pooled [B, D] (ReLU outputs, the
+      vectors the fusion feeds to the ITM head), itm_logits [B, 2] (class 0 = matched).
+  Returns:
+    {"text_pooler_alive", "image_pooler_alive": float32 [D], 1 where the unit is > 0 on at
+    least one example of the batch; "itm_margin": float32 [B], itm_logits[:, 0] -
+    itm_logits[:, 1] (matched minus not matched)}.
+  """
+  alive = lambda x: jnp.max((_f32(x) > 0).astype(jnp.float32), axis=0)
+  logits = _f32(outputs["itm_logits"])
+  return {"text_pooler_alive": alive(outputs["text_pooled"]),
+          "image_pooler_alive": alive(outputs["image_pooled"]),
+          "itm_margin": logits[:, 0] - logits[:, 1]}
+
+
+def itm_diagnostics(stats):
+  """`itm_diagnostic_stats` of one step's microbatches -> float32 scalar metrics.
+
+  Args:
+    stats: `itm_diagnostic_stats` leaves with any leading axes (e.g. [M] microbatches):
+      pooler masks [..., D], itm_margin [..., B].
+  Returns:
+    dead_text_pooler, dead_image_pooler: fraction of the D units that are 0 (ReLU off) on
+    every example of the whole batch; itm_logit_std: population standard deviation over
+    the whole batch of the margin logit[matched] - logit[not matched] (0 = constant head).
+  """
+  def dead(alive):
+    return 1.0 - jnp.mean(jnp.max(alive.reshape(-1, alive.shape[-1]), axis=0))
+  return {"dead_text_pooler": dead(stats["text_pooler_alive"]),
+          "dead_image_pooler": dead(stats["image_pooler_alive"]),
+          "itm_logit_std": jnp.std(stats["itm_margin"].reshape(-1))}

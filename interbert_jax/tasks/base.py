@@ -13,7 +13,9 @@ from interbert_jax.training import train_step as train_step_lib
 class Task:
   """Pretraining: MSM + MRM + ITM on the batch contract of docs/design.md."""
   name = "pretrain"
-  log_keys = ("itm_acc", "msm_acc", "mrm_acc")   # metrics on the trainer's progress line
+  # Metrics on the trainer's progress line (the plateau diagnostics: docs/plateau.md).
+  log_keys = ("itm_acc", "msm_acc", "mrm_acc", "dead_text_pooler", "dead_image_pooler",
+              "itm_logit_std")
   # Top-level subtrees of a pretrained InterBERT checkpoint this task's model does not
   # have: `config.init_from` skips them instead of failing on unknown parameters.
   init_from_ignore: tuple = ()
@@ -44,6 +46,15 @@ class Task:
   def combine(self, terms: dict, loss_config):
     """terms (summed over microbatches / eval batches) -> (loss, metrics)."""
     return losses.combine(terms, loss_config)
+
+  def diagnostic_stats(self, outputs: dict, batch: dict) -> dict:
+    """Per-(micro)batch statistics of the training forward pass behind the logged
+    diagnostics (docs/plateau.md); {} = this task logs none (fine-tuning tasks)."""
+    return losses.itm_diagnostic_stats(outputs)
+
+  def diagnostics(self, stats: dict) -> dict:
+    """`diagnostic_stats` stacked over a step's microbatches -> float32 scalar metrics."""
+    return losses.itm_diagnostics(stats)
 
   def train_iterator(self, config, *, start_step=0, process_index=0, process_count=1):
     """Infinite iterator of host batches; batch k a pure function of (config, k, host)."""

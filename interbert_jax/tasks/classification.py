@@ -58,6 +58,9 @@ class ClassificationTask(base.Task):
                        batch["segment_ids"], deterministic=deterministic,
                        rngs=None if deterministic else {"dropout": rng})
 
+  def diagnostic_stats(self, outputs, batch):
+    return {}    # The plateau diagnostics are pretraining's (docs/plateau.md).
+
   def terms(self, outputs, batch, config):
     return losses.classification_terms(outputs["logits"], batch["labels"], "cls")
 

@@ -60,6 +60,9 @@ class MultipleChoiceTask(base.Task):
                        deterministic=deterministic,
                        rngs=None if deterministic else {"dropout": rng})
 
+  def diagnostic_stats(self, outputs, batch):
+    return {}    # The plateau diagnostics are pretraining's (docs/plateau.md).
+
   def terms(self, outputs, batch, config):
     return losses.classification_terms(outputs["choice_logits"], batch["labels"], "mc")
 

@@ -24,6 +24,9 @@ class RetrievalTask(base.Task):
         deterministic=deterministic, msm_positions=jnp.zeros((b, 1), jnp.int32),
         rngs=None if deterministic else {"dropout": rng})
 
+  def diagnostic_stats(self, outputs, batch):
+    return {}    # The plateau diagnostics are pretraining's (docs/plateau.md).
+
   def terms(self, outputs, batch, config):
     return losses.itm_terms(outputs["itm_logits"], batch["itm_labels"])
 

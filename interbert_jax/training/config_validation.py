@@ -141,6 +141,9 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
         "finetune.num_neighbours", "must be an integer > 0")
   for w in ("msm_weight", "mrm_weight", "itm_weight"):
     check(config.loss[w] >= 0, f"loss.{w}", "must be >= 0")
+  positive_int("plateau.window_steps", allow_zero=True)
+  check(0.0 < config.plateau.tolerance < 1.0, "plateau.tolerance",
+        "must be in (0, 1) (relative to ln 2)")
   check(config.peak_flops_per_device >= 0, "peak_flops_per_device",
         "must be >= 0 (0 = measure at start-up)")
   init_from = config.init_from

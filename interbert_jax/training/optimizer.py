@@ -24,13 +24,18 @@ BERT_INITIALISED = ("embeddings", "single_stream", "text_stream", "msm_head")
 _DECAYED_LEAVES = ("kernel", "embedding")
 
 
+def warmup_steps(config) -> int:
+  """Steps of the linear warm-up: round(optimizer.warmup_fraction * total_steps)."""
+  return int(round(float(config.optimizer.warmup_fraction) * int(config.total_steps)))
+
+
 def learning_rate_schedule(config, steps_per_epoch: float | None = None) -> optax.Schedule:
   """Base (new-weight) learning rate: 0 -> lr over warmup (warmup_fraction of total_steps),
   then `linear_decay`: linear to 0 at total_steps; `step_decay`: constant, times
   decay_factor at each of decay_epochs (epoch e = step round(e * steps_per_epoch))."""
   opt = config.optimizer
   total = int(config.total_steps)
-  warmup = int(round(float(opt.warmup_fraction) * total))
+  warmup = warmup_steps(config)
   lr = float(opt.learning_rate)
   if opt.schedule == "step_decay":
     if not steps_per_epoch:

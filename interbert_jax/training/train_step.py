@@ -17,6 +17,8 @@ from interbert_jax.parallel import partitioning
 TermsFn = Callable[[dict, dict, Any], dict]   # (outputs, batch, config) -> {task: (num, den)}
 CombineFn = Callable[[dict, Any], tuple]      # (terms, config.loss) -> (total, metrics)
 ApplyFn = Callable[..., dict]                 # (model, params, batch, *, deterministic, rng)
+StatsFn = Callable[[dict, dict], dict]        # (outputs, batch) -> {name: array} per microbatch
+DiagnosticsFn = Callable[[dict], dict]        # stats with a leading [M] axis -> scalars
 
 
 def apply_model(model, params, batch: dict, *, deterministic: bool, rng=None) -> dict:
@@ -80,7 +82,8 @@ def update_ema(ema_params, params, decay):
 
 def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.GradientTransformation,
                schedule: optax.Schedule, config, terms_fn: TermsFn, combine_fn: CombineFn,
-               apply_fn: ApplyFn = apply_model):
+               apply_fn: ApplyFn = apply_model, stats_fn: StatsFn | None = None,
+               diagnostics_fn: DiagnosticsFn | None = None):
   """One optimizer update on a global batch.
 
   Args:
@@ -89,9 +92,14 @@ def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.Gra
     batch: batch-contract dict, leading axis = global batch B.
     rng: base key, typed or raw uint32 key data (what the trainer passes, replicated);
       this step uses fold_in(rng, step) (and fold_in(., micro) per microbatch).
+    stats_fn, diagnostics_fn: optional diagnostics (docs/plateau.md) from the forward pass
+      the loss already runs: stats_fn(outputs, microbatch) -> arrays, stacked over the M
+      microbatches ([M, ...], M = 1 without accumulation), diagnostics_fn(stacked) ->
+      scalars added to the metrics. Auxiliary outputs only: loss, gradients and the new
+      state do not depend on them. None (or stats_fn returning {}) = none.
   Returns:
     (new_state, metrics): metrics are float32 scalars: loss, per-task losses/accuracies,
-    learning_rate, grad_norm.
+    learning_rate, grad_norm, and the diagnostics' scalars.
   """
   params = state["params"]
   if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -104,11 +112,13 @@ def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.Gra
     terms = terms_fn(outputs, b, config)
     scaled = terms if dens is None else _with_denominators(terms, dens)
     total, _ = combine_fn(scaled, config.loss)
-    return total, terms
+    stats = stats_fn(outputs, b) if stats_fn is not None else {}
+    return total, (terms, jax.lax.stop_gradient(stats))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if num_micro == 1:
-    (_, terms), grads = grad_fn(params, batch, step_rng, None)
+    (_, (terms, stats)), grads = grad_fn(params, batch, step_rng, None)
+    stats = jax.tree.map(lambda x: x[None], stats)
   else:
     # Each microbatch's loss divides by the GLOBAL batch's counts, so the summed
     # gradients equal the big batch's gradient exactly (up to float summation order).
@@ -118,19 +128,21 @@ def train_step(state: dict, batch: dict, rng: jax.Array, *, model, tx: optax.Gra
     def body(carry, xs):
       grad_acc, terms_acc = carry
       i, mb = xs
-      (_, terms), g = grad_fn(params, mb, jax.random.fold_in(step_rng, i), dens)
+      (_, (terms, stats)), g = grad_fn(params, mb, jax.random.fold_in(step_rng, i), dens)
       grad_acc = jax.tree.map(jnp.add, grad_acc, g)
       terms_acc = jax.tree.map(jnp.add, terms_acc, terms)
-      return (grad_acc, terms_acc), None
+      return (grad_acc, terms_acc), stats
 
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     terms_shape = jax.eval_shape(
-        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), step_rng, dens)[0][1])
+        lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), step_rng, dens)[0][1][0])
     zero_terms = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms_shape)
-    (grads, terms), _ = jax.lax.scan(body, (zero_grads, zero_terms),
-                                     (jnp.arange(num_micro), micro))
+    (grads, terms), stats = jax.lax.scan(body, (zero_grads, zero_terms),
+                                         (jnp.arange(num_micro), micro))
 
   _, metrics = combine_fn(terms, config.loss)
+  if stats and diagnostics_fn is not None:
+    metrics = dict(metrics, **diagnostics_fn(stats))
   grad_norm = optax.tree.norm(grads)
   updates, new_opt = tx.update(grads, state["opt"], params)
   new_params = optax.apply_updates(params, updates)
@@ -150,13 +162,16 @@ def compile_train_step(config, model, opt, abstract_state, state_shardings, batc
 
   Call inside `jax.set_mesh(mesh)` and the logical-axis rules. Returns the compiled step:
   (state, batch, rng) -> (state, metrics). `task` (interbert_jax.tasks) supplies apply,
-  loss terms and combine; None = pretraining's.
+  loss terms, combine and the diagnostics; None = pretraining's.
   """
   if task is None:
     fns = dict(terms_fn=losses.pretraining_terms, combine_fn=losses.combine,
-               apply_fn=apply_model)
+               apply_fn=apply_model,
+               stats_fn=lambda outputs, batch: losses.itm_diagnostic_stats(outputs),
+               diagnostics_fn=losses.itm_diagnostics)
   else:
-    fns = dict(terms_fn=task.terms, combine_fn=task.combine, apply_fn=task.apply)
+    fns = dict(terms_fn=task.terms, combine_fn=task.combine, apply_fn=task.apply,
+               stats_fn=task.diagnostic_stats, diagnostics_fn=task.diagnostics)
   step_fn = functools.partial(train_step, model=model, tx=opt.tx, schedule=opt.schedule,
                               config=config, **fns)
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch_shapes}
