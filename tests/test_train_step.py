@@ -80,7 +80,7 @@ def test_grad_accumulation_equals_large_batch(batches):
   # example vary), so equality here shows the global-denominator normalisation.
   for big, acc in zip(big_history, acc_history):
     for key in ("loss", "msm_loss", "mrm_loss", "itm_loss", "msm_acc", "mrm_acc", "itm_acc",
-                "grad_norm"):
+                "grad_norm", "dead_text_pooler", "dead_image_pooler", "itm_logit_std"):
       np.testing.assert_allclose(acc[key], big[key], rtol=1e-5, err_msg=key)
   assert big_history[1]["learning_rate"] == pytest.approx(1e-3 * (1 - 1 / 10), rel=1e-6)
   assert int(acc_state["step"]) == NUM_STEPS
