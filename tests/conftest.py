@@ -45,12 +45,13 @@ def tiny_pretrain_run(tmp_path_factory):
   `configs/pretrain.py:tiny` as shipped (3,000 steps, ~4-6 min on 2 cores), plus zero-shot
   retrieval on the first 16 eval images at the end (after training: the training and its
   eval metrics are those of the plain quick start).
-  -> {"workdir", "steps", "step_dir"}.
+  -> {"workdir", "steps", "step_dir", "stderr"}.
   """
   from configs.pretrain import get_config
   steps = get_config("tiny").total_steps
   workdir = tmp_path_factory.mktemp("tiny_pretrain") / "run"
-  train("configs/pretrain.py:tiny", workdir,
-        f"--config.eval_retrieval_every_steps={steps}", "--config.eval_retrieval_images=16")
-  return dict(workdir=str(workdir), steps=steps,
+  stderr = train("configs/pretrain.py:tiny", workdir,
+                 f"--config.eval_retrieval_every_steps={steps}",
+                 "--config.eval_retrieval_images=16")
+  return dict(workdir=str(workdir), steps=steps, stderr=stderr,
               step_dir=str(os.path.join(workdir, "checkpoints", str(steps))))

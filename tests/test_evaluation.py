@@ -1,12 +1,11 @@
 """Export and zero-shot retrieval evaluation (interbert_jax.export, interbert_jax.evaluate).
 
-One short tiny pretraining run (the `tiny_pretrain_run` session fixture, conftest.py) is
+The README's quick-start run (the `tiny_pretrain_run` session fixture, conftest.py) is
 shared by every test here:
 - the synthetic retrieval split is the pretraining world's test images, 5 captions each;
 - R@K on a hand-made score matrix (ties broken by index), and chance;
 - the trainer logged eval_ir_r1..eval_tr_r10 at its last step (config.eval_retrieval_*);
-- zero-shot image retrieval of the short run beats chance (a weak, honest bound; the
-  3,000-step quick start's numbers are in the README);
+- zero-shot image retrieval of the quick start is >= 5x chance;
 - scores on 8 devices equal those on 1 device;
 - kill -9 mid-evaluation, then the same command: the same JSON, bit for bit;
 - export (native, safetensors) -> load -> evaluate gives exactly the numbers of evaluating
@@ -136,10 +135,10 @@ def test_export_load_evaluate_is_exact_and_beats_chance(tiny_pretrain_run, retri
     got = retrieval_cli.run(_args(out, retrieval_dir))
     assert {k: v for k, v in got.items() if k != "checkpoint"} == {
         k: v for k, v in from_step.items() if k != "checkpoint"}, fmt
-  # The short run's zero-shot image retrieval beats chance (1/24 = 4.2%): a weak bound, as
-  # 600 steps barely train (measured 8.3%, 2x chance; the quick start's 3,000 steps: README).
+  # The quick start's zero-shot image retrieval on these 24 images: measured 83.3% against
+  # 4.2% chance (1/24); tests/test_downstream.py checks 50 images.
   assert from_step["chance_ir_r1"] == pytest.approx(100 / 24)
-  assert from_step["ir_r1"] > 1.5 * from_step["chance_ir_r1"], from_step
+  assert from_step["ir_r1"] >= 5 * from_step["chance_ir_r1"], from_step
   assert from_step["ir_r10"] > from_step["ir_r1"]
 
 

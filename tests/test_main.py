@@ -226,6 +226,8 @@ def test_tiny_learns_on_synthetic_data(tiny_pretrain_run):
   assert final_eval["eval_itm_acc"] >= 0.9, final_eval
   assert final_eval["eval_msm_acc"] >= 0.7, final_eval
   assert final_eval["eval_mrm_acc"] >= 0.6, final_eval
+  assert "ITM plateau" not in tiny_pretrain_run["stderr"]       # it learns: no false alarm
+  assert {"dead_text_pooler", "dead_image_pooler", "itm_logit_std"} <= set(train[-1])
 
 
 # ----------------------------------------------------- faults (README "Resuming and faults")
