@@ -212,8 +212,8 @@ def test_tiny_learns_on_synthetic_data(tiny_pretrain_run):
   """The README's quick-start job, as shipped (3,000 steps of `tiny`, ~4 min on 2 cores;
   the session's shared run, conftest.py).
 
-  Measured (eval on 256 validation pairs, bit-identical across runs on this CPU):
-  ITM 0.918, MSM 0.772, MRM 0.797 at step 3000. Chance: ITM 0.5; MSM 0.21 (most frequent
+  Measured (eval on 256 validation pairs, bit-identical across runs on one CPU model):
+  ITM 0.910, MSM 0.769, MRM 0.789 at step 3000 (an earlier machine: 0.918, 0.772, 0.797). Chance: ITM 0.5; MSM 0.21 (most frequent
   word; text alone tops out near 0.68 since object/attribute words need the regions);
   MRM 0.18 (most frequent class).
   """
