@@ -49,6 +49,7 @@ from interbert_jax.checkpoints import run_state
 from interbert_jax.checkpoints import workdir_check
 from interbert_jax.data import loader_pool
 from interbert_jax.data import pipeline
+from interbert_jax.data import schema
 from interbert_jax.evaluation import pretraining as pretraining_eval
 from interbert_jax.evaluation import retrieval as retrieval_eval
 from interbert_jax.parallel import distributed
@@ -305,7 +306,8 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   try:
     train(config, _WORKDIR.value)
-  except (config_validation.ConfigError, pipeline.PipelineConfigError) as e:
+  except (config_validation.ConfigError, pipeline.PipelineConfigError,
+          schema.DatasetError) as e:       # bad input, found before training starts
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except (NonFiniteLossError, run_state.CheckpointError, pipeline.DataReadError,

@@ -4,7 +4,8 @@
   restarted ends with bitwise the same parameters and optimizer state as a straight run;
 - SIGTERM saves a checkpoint at the current step and exits 0; resuming is exact too;
 - a non-finite loss stops the run (exit 1) and leaves the last good checkpoint alone;
-- bad config values / keys fail at start-up, before anything compiles;
+- bad config values / keys fail at start-up, before anything compiles; so does a data.dir
+  that is not a prepared dataset (one line, exit 2);
 - faults: an unreadable latest checkpoint is skipped for the previous one (still bitwise);
   none readable, a failed save (full disk), a corrupt data shard, a SIGKILLed loader
   worker: one-line error, exit 1 (the worker: within seconds),
@@ -193,6 +194,16 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(env, straight, tmp_
   _assert_same_checkpoint(straight[0], workdir, TOTAL)
   records = _metrics(workdir)
   assert records[-1]["loss"] is None and records[-1]["step"] <= 45
+
+
+def test_broken_dataset_dir_is_one_line(env, tmp_path):
+  """A data.dir that is not a prepared dataset (no metadata.json): exit 2, one line."""
+  (tmp_path / "data" / "train").mkdir(parents=True)
+  proc = _run(env, str(tmp_path / "run"), f"--config.data.dir={tmp_path / 'data'}",
+              expect_rc=2)
+  assert f"error: {tmp_path / 'data'}/metadata.json: missing" in proc.stderr
+  assert "data.prepare" in proc.stderr and "Traceback" not in proc.stderr
+  assert "compiled" not in proc.stderr
 
 
 def test_bad_config_fails_before_compiling(env, tmp_path):
