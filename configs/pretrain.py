@@ -117,8 +117,14 @@ def data_config(variant="base"):
       min_objects=2, max_objects=4,    # named objects per image (uniform; at most 4).
       max_clutter=2,                   # unnamed clutter regions per image (uniform in 0..max).
       spatial_order=True,              # captions name the objects left to right.
-      num_object_classes=0,            # >0: objects use only the first N of the 24 classes
-      num_attributes=0,                # / of the 10 attributes (0 = all).
+      num_object_classes=0,            # >0: objects use only the first N of the 48 classes
+      num_attributes=0,                # / of the 12 attributes (0 = the original 24 / 10).
+      min_boxes_per_object=1,          # detector regions per object (uniform; overlapping
+      max_boxes_per_object=3,          # jittered boxes, IoU >= 0.57; max_regions may trim).
+      detector_peak_min=0.5,           # an object region's detector probability of its true
+      detector_peak_max=0.9,           # class ~ uniform in [min, max] (lower = flatter).
+      partial_caption_prob=0.0,        # chance a caption names only 1..n-1 of n >= 2 objects.
+      caption_style="basic",           # synthetic_world.CAPTION_STYLES: "varied" = more templates.
       # "en" | "zh" (synthetic_world.LANGUAGES): captions in English words, or Chinese text
       # split one token per character by the BERT tokenizer against a character vocabulary
       # the world generates. Chinese captions are ~2-3x more tokens: the tiny world needs
