@@ -8,8 +8,11 @@ Run:
 Variants: `tiny` (CPU seconds, synthetic data), `base` (the released 6/6/6 model,
 157,021,565 parameters with heads), `large` (1024 hidden, 24-layer text path).
 Override any key with --config.KEY=VALUE (e.g. --config.model.fusion=sum).
+A named synthetic world (configs/synthetic_worlds.py): `configs/pretrain.py:tiny,preset=hard`.
 """
 import ml_collections
+
+from configs import synthetic_worlds
 
 
 def _stack(layers, heads, mlp_dim, hidden_dropout=0.1, attention_dropout=0.1):
@@ -153,8 +156,22 @@ def data_config(variant="base"):
   return d
 
 
+def parse_arg(arg):
+  """"VARIANT[,preset=NAME]" -> (variant, preset name or "")."""
+  variant, *options = (arg or "").split(",")
+  preset = ""
+  for option in options:
+    key, _, value = option.partition("=")
+    if key != "preset":
+      raise ValueError(f"config argument {arg!r}: unknown option {option!r} (use "
+                       "VARIANT[,preset=NAME])")
+    preset = value
+  return variant or "tiny", preset
+
+
 def get_config(arg="tiny"):
-  variant = arg or "tiny"
+  variant, preset = parse_arg(arg)
+  synthetic_worlds.preset_overrides(preset)    # An unknown name fails before any work.
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.model = model_config(variant)
@@ -244,4 +261,4 @@ def get_config(arg="tiny"):
     m.embedding_dropout = m.itm_dropout = 0.0
     for stack in (m.single_stream, m.text_stream, m.image_stream):
       stack.hidden_dropout = stack.attention_dropout = 0.0
-  return c
+  return synthetic_worlds.apply_preset(c, preset)

@@ -13,8 +13,11 @@ Flickr30K has, in a dataset of its own (its own hash; `<synthetic.dir>-retrieval
 config.data.synthetic.dir is set). Evaluate on it with
 `python -m interbert_jax.evaluate retrieval --data=DIR --split=test ...`.
 
-CLI (writes the dataset and prints its directory):
+CLI (writes the dataset and prints its directory; `--list` prints the named worlds of
+configs/synthetic_worlds.py, one of which the config argument `,preset=NAME` selects):
   python -m interbert_jax.data.synthetic --config=configs/pretrain.py:tiny [--task=retrieval]
+  python -m interbert_jax.data.synthetic --config=configs/pretrain.py:tiny,preset=hard
+  python -m interbert_jax.data.synthetic --list
 """
 from __future__ import annotations
 
@@ -157,9 +160,10 @@ def _check_params(params: dict):
 
 
 def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
-                detector_peak_max, partial_caption_prob, caption_style) -> list[str]:
+                detector_peak_max, partial_caption_prob, caption_style=None) -> list[str]:
   """Problems of the generator knobs (KNOB_DEFAULTS), each as `config.data.synthetic.<key>
-  =<value>: why`; shared by _check_params and the start-up validation."""
+  =<value>: why`; shared by _check_params and the start-up validation (which checks
+  caption_style with its other ENUMERATED keys: None = not checked here)."""
   errors = []
   if not 1 <= min_boxes_per_object <= max_boxes_per_object:
     errors.append(f"config.data.synthetic.min_boxes_per_object={min_boxes_per_object}, "
@@ -170,7 +174,7 @@ def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
   if not 0.0 <= partial_caption_prob <= 1.0:
     errors.append(f"config.data.synthetic.partial_caption_prob={partial_caption_prob}: "
                   "must be in [0, 1]")
-  if caption_style not in world.CAPTION_STYLES:
+  if caption_style is not None and caption_style not in world.CAPTION_STYLES:
     errors.append(f"config.data.synthetic.caption_style={caption_style!r}: must be one of "
                   f"{world.CAPTION_STYLES}")
   return errors
@@ -272,7 +276,13 @@ def _ensure(params: dict, directory: str) -> str:
 
 def main(argv):
   del argv
-  from absl import flags
+  from absl import app, flags
+  if flags.FLAGS.list:
+    from configs import synthetic_worlds
+    print(synthetic_worlds.describe())
+    return
+  if flags.FLAGS.config is None:
+    raise app.UsageError("--config is required (or --list)")
   ensure = ensure_retrieval if flags.FLAGS.task == "retrieval" else ensure_synthetic
   print(ensure(flags.FLAGS.config))
 
@@ -281,9 +291,10 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
-      "config", None, "Config file, e.g. configs/pretrain.py:tiny; the synthetic data is "
-      "generated for its model/data shapes (override with --config.data.synthetic.*).")
+      "config", None, "Config file, e.g. configs/pretrain.py:tiny or "
+      "configs/pretrain.py:tiny,preset=NAME; the synthetic data is generated for its "
+      "model/data shapes (override with --config.data.synthetic.*).")
+  flags.DEFINE_bool("list", False, "Print the named synthetic worlds (presets) and exit.")
   flags.DEFINE_enum("task", "pretrain", TASKS, "pretrain: the pretraining world (train, "
                     "validation, test); retrieval: its test split with 5 captions per image.")
-  flags.mark_flags_as_required(["config"])
   app.run(main)
