@@ -177,3 +177,28 @@ def test_words_are_single_bert_wordpiece_tokens():
                              "varied")[len(tokenizer.SPECIAL_TOKENS):]
   assert set(world.ALL_CLASSES + world.ALL_ATTRIBUTES) <= set(words)
   assert [w for w in words if w not in bert] == []
+
+
+def test_extra_words_come_after_the_original_vocabulary():
+  original = world.vocab_tokens()
+  for language in ("en", "zh"):
+    base = world.vocab_tokens(language)
+    bigger = world.vocab_tokens(language, *world.max_object_classes(language), "varied")
+    assert bigger[:len(base)] == base and len(bigger) > len(base)
+  assert world.vocab_tokens("en", 48, 12, "varied")[:len(original)] == original
+
+
+def test_multiple_choice_questions_name_the_extra_words(tmp_path):
+  from interbert_jax.data import synthetic_choices
+  params = synthetic.synthetic_params(_small("hard", tmp_path))
+  vocab = world.vocab_tokens(**synthetic.world_words(params))
+  truths = [truth for _, _, truth in synthetic.split_images(params, "train")]
+  extra = set(world.EXTRA_CLASSES + world.EXTRA_ATTRIBUTES)
+  seen = set()
+  for question, truth in zip(synthetic_choices.questions(params, "train"), truths):
+    answer = [vocab[i] for i in question.answers[question.answer_label]]
+    objects = truth["objects"]
+    assert _named(answer) == sorted((world.ALL_ATTRIBUTES[a], world.ALL_CLASSES[c])
+                                    for a, c in objects)
+    seen |= extra & set(answer)
+  assert seen                                  # the hard world uses the extra words.

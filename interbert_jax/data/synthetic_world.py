@@ -117,12 +117,14 @@ def _lexicon_words(words):
 def vocab_tokens(language="en", num_object_classes=0, num_attributes=0,
                  caption_style="basic"):
   """The synthetic vocabulary: BERT special tokens first ([PAD] = 0), then the sorted words
-  of the world's lexicon() ("en") or every character of them ("zh": a Chinese BERT
-  vocabulary is characters). The default world's vocabulary is the original one."""
+  of the original lexicon ("en") or every character of them ("zh": a Chinese BERT
+  vocabulary is characters), then, sorted, those that the world's extra classes,
+  attributes and caption style add: the original words keep their ids in every world."""
+  base = _lexicon_words(LEXICONS[language])
   words = _lexicon_words(lexicon(language, num_object_classes, num_attributes, caption_style))
   if language == "zh":
-    words = {ch for w in words for ch in w}
-  return list(SPECIAL_TOKENS) + sorted(words)
+    base, words = ({ch for w in ws for ch in w} for ws in (base, words))
+  return list(SPECIAL_TOKENS) + sorted(base) + sorted(words - base)
 
 
 def caption_encoder(language="en", num_object_classes=0, num_attributes=0,
