@@ -13,7 +13,7 @@ its attribute ("a photo of a red dog next to a wooden car ."), left to right by 
 from the regions and a masked region group only from the caption (with spatial order, the
 masked group's location tells which caption object it is).
 
-Harder worlds (synthetic_presets.py names a family of them) turn further knobs: up to
+Harder worlds (configs/synthetic_worlds.py names a family of them) turn further knobs: up to
 48 classes x 12 attributes (EXTRA_CLASSES / EXTRA_ATTRIBUTES come after the original 24 x 10,
 so those keep their indices, prototypes and detector classes), min..max boxes per object,
 how peaked the objects' detector distributions are, a "varied" caption style with more
