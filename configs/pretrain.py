@@ -8,8 +8,11 @@ Run:
 Variants: `tiny` (CPU seconds, synthetic data), `base` (the released 6/6/6 model,
 157,021,565 parameters with heads), `large` (1024 hidden, 24-layer text path).
 Override any key with --config.KEY=VALUE (e.g. --config.model.fusion=sum).
+A named synthetic world (configs/synthetic_worlds.py): `configs/pretrain.py:tiny,preset=hard`.
 """
 import ml_collections
+
+from configs import synthetic_worlds
 
 
 def _stack(layers, heads, mlp_dim, hidden_dropout=0.1, attention_dropout=0.1):
@@ -117,8 +120,14 @@ def data_config(variant="base"):
       min_objects=2, max_objects=4,    # named objects per image (uniform; at most 4).
       max_clutter=2,                   # unnamed clutter regions per image (uniform in 0..max).
       spatial_order=True,              # captions name the objects left to right.
-      num_object_classes=0,            # >0: objects use only the first N of the 24 classes
-      num_attributes=0,                # / of the 10 attributes (0 = all).
+      num_object_classes=0,            # >0: objects use only the first N of the 48 classes
+      num_attributes=0,                # / of the 12 attributes (0 = the original 24 / 10).
+      min_boxes_per_object=1,          # detector regions per object (uniform; overlapping
+      max_boxes_per_object=3,          # jittered boxes, IoU >= 0.57; max_regions may trim).
+      detector_peak_min=0.5,           # an object region's detector probability of its true
+      detector_peak_max=0.9,           # class ~ uniform in [min, max] (lower = flatter).
+      partial_caption_prob=0.0,        # chance a caption names only 1..n-1 of n >= 2 objects.
+      caption_style="basic",           # synthetic_world.CAPTION_STYLES: "varied" = more templates.
       # "en" | "zh" (synthetic_world.LANGUAGES): captions in English words, or Chinese text
       # split one token per character by the BERT tokenizer against a character vocabulary
       # the world generates. Chinese captions are ~2-3x more tokens: the tiny world needs
@@ -147,8 +156,22 @@ def data_config(variant="base"):
   return d
 
 
+def parse_arg(arg):
+  """"VARIANT[,preset=NAME]" -> (variant, preset name or "")."""
+  variant, *options = (arg or "").split(",")
+  preset = ""
+  for option in options:
+    key, _, value = option.partition("=")
+    if key != "preset":
+      raise ValueError(f"config argument {arg!r}: unknown option {option!r} (use "
+                       "VARIANT[,preset=NAME])")
+    preset = value
+  return variant or "tiny", preset
+
+
 def get_config(arg="tiny"):
-  variant = arg or "tiny"
+  variant, preset = parse_arg(arg)
+  synthetic_worlds.preset_overrides(preset)    # An unknown name fails before any work.
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.model = model_config(variant)
@@ -238,4 +261,4 @@ def get_config(arg="tiny"):
     m.embedding_dropout = m.itm_dropout = 0.0
     for stack in (m.single_stream, m.text_stream, m.image_stream):
       stack.hidden_dropout = stack.attention_dropout = 0.0
-  return c
+  return synthetic_worlds.apply_preset(c, preset)

@@ -13,8 +13,11 @@ Flickr30K has, in a dataset of its own (its own hash; `<synthetic.dir>-retrieval
 config.data.synthetic.dir is set). Evaluate on it with
 `python -m interbert_jax.evaluate retrieval --data=DIR --split=test ...`.
 
-CLI (writes the dataset and prints its directory):
+CLI (writes the dataset and prints its directory; `--list` prints the named worlds of
+configs/synthetic_worlds.py, one of which the config argument `,preset=NAME` selects):
   python -m interbert_jax.data.synthetic --config=configs/pretrain.py:tiny [--task=retrieval]
+  python -m interbert_jax.data.synthetic --config=configs/pretrain.py:tiny,preset=hard
+  python -m interbert_jax.data.synthetic --list
 """
 from __future__ import annotations
 
@@ -35,6 +38,32 @@ _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 PARAMS_FILE = "synthetic_params.json"
 RETRIEVAL_CAPTIONS_PER_IMAGE = 5  # Flickr30K / COCO: 5 captions per image.
 TASKS = ("pretrain", "retrieval")
+# Generator knobs added after GENERATOR_VERSION 2 -> the value that makes the original
+# world. They enter synthetic_params (and so the cache hash) only when they differ from it.
+KNOB_DEFAULTS = dict(min_boxes_per_object=1, max_boxes_per_object=3, detector_peak_min=0.5,
+                     detector_peak_max=0.9, partial_caption_prob=0.0, caption_style="basic")
+_KNOB_TYPES = dict(min_boxes_per_object=int, max_boxes_per_object=int,
+                   detector_peak_min=float, detector_peak_max=float,
+                   partial_caption_prob=float, caption_style=str)
+
+
+def _knobs(s) -> dict:
+  """The generator knobs of config.data.synthetic `s` that differ from KNOB_DEFAULTS."""
+  knobs = {k: _KNOB_TYPES[k](s[k]) for k in KNOB_DEFAULTS}
+  return {k: v for k, v in knobs.items() if v != KNOB_DEFAULTS[k]}
+
+
+def _param(params, key):
+  """A generating parameter, KNOB_DEFAULTS / "en" where params leave it out."""
+  return params.get(key, dict(KNOB_DEFAULTS, language="en").get(key))
+
+
+def world_words(params) -> dict:
+  """The keyword arguments of world.lexicon / vocab_tokens / caption_encoder for params."""
+  return dict(language=_param(params, "language"),
+              num_object_classes=params["num_object_classes"],
+              num_attributes=params["num_attributes"],
+              caption_style=_param(params, "caption_style"))
 
 
 def synthetic_params(config) -> dict:
@@ -56,9 +85,11 @@ def synthetic_params(config) -> dict:
       max_clutter=int(s.max_clutter),
       spatial_order=bool(s.spatial_order),
       num_object_classes=int(s.num_object_classes or len(world.CLASSES)),
-      num_attributes=int(s.num_attributes or len(world.ATTRIBUTES)),
-      # The world's word lists, so that editing them never reuses a stale cache.
-      world=hashlib.sha256(" ".join(world.vocab_tokens()).encode()).hexdigest()[:12])
+      num_attributes=int(s.num_attributes or len(world.ATTRIBUTES)))
+  params.update(_knobs(s))   # Absent at their defaults: the original world's hash stays.
+  # The world's word lists, so that editing them never reuses a stale cache.
+  params["world"] = hashlib.sha256(" ".join(world.vocab_tokens(
+      **dict(world_words(params), language="en"))).encode()).hexdigest()[:12]
   if s.language != "en":     # Absent for English: its params (and cache hash) are unchanged.
     params.update(language=str(s.language), world=hashlib.sha256(json.dumps(
         world.LEXICONS[s.language], ensure_ascii=False).encode()).hexdigest()[:12])
@@ -87,10 +118,11 @@ def default_dir(params: dict) -> str:
 
 
 def _check_params(params: dict):
-  need = world.num_detector_classes_needed()
+  need = world.num_detector_classes_needed(params["num_object_classes"])
   if params["num_classes"] < need:
     raise ValueError(f"config.model.num_region_classes={params['num_classes']}: the "
-                     f"synthetic data needs at least {need} detector classes")
+                     f"synthetic data (num_object_classes={params['num_object_classes']}) "
+                     f"needs at least {need} detector classes")
   if params["caption_len"] < 7:
     raise ValueError(f"config.data.text_len={params['caption_len'] + 2}: the synthetic "
                      "captions need text_len >= 9")
@@ -109,10 +141,16 @@ def _check_params(params: dict):
     raise ValueError(f"config.data.synthetic.min_objects={params['min_objects']}, "
                      f"max_objects={params['max_objects']}: need 1 <= min <= max <= "
                      f"{len(world.GRID)}")
-  for key, names in (("num_object_classes", world.CLASSES), ("num_attributes", world.ATTRIBUTES)):
-    if not 2 <= params[key] <= len(names):
-      raise ValueError(f"config.data.synthetic.{key}={params[key]}: need 2..{len(names)} "
-                       "(0 = all)")
+  language = _param(params, "language")
+  for key, most in zip(("num_object_classes", "num_attributes"),
+                       world.max_object_classes(language)):
+    if not 2 <= params[key] <= most:
+      raise ValueError(f"config.data.synthetic.{key}={params[key]}: need 2..{most} in "
+                       f"language {language!r} (0 = the original "
+                       f"{len(world.CLASSES) if key == 'num_object_classes' else len(world.ATTRIBUTES)})")
+  errors = knob_errors(**{k: _param(params, k) for k in KNOB_DEFAULTS})
+  if errors:
+    raise ValueError("; ".join(errors))
   if params["max_clutter"] < 0:
     raise ValueError(f"config.data.synthetic.max_clutter={params['max_clutter']} < 0")
   for split, n in params["num_images"].items():
@@ -121,11 +159,33 @@ def _check_params(params: dict):
                        "(ITM negatives come from other images)")
 
 
+def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
+                detector_peak_max, partial_caption_prob, caption_style=None) -> list[str]:
+  """Problems of the generator knobs (KNOB_DEFAULTS), each as `config.data.synthetic.<key>
+  =<value>: why`; shared by _check_params and the start-up validation (which checks
+  caption_style with its other ENUMERATED keys: None = not checked here)."""
+  errors = []
+  if not 1 <= min_boxes_per_object <= max_boxes_per_object:
+    errors.append(f"config.data.synthetic.min_boxes_per_object={min_boxes_per_object}, "
+                  f"max_boxes_per_object={max_boxes_per_object}: need 1 <= min <= max")
+  if not 0.0 < detector_peak_min <= detector_peak_max <= 1.0:
+    errors.append(f"config.data.synthetic.detector_peak_min={detector_peak_min}, "
+                  f"detector_peak_max={detector_peak_max}: need 0 < min <= max <= 1")
+  if not 0.0 <= partial_caption_prob <= 1.0:
+    errors.append(f"config.data.synthetic.partial_caption_prob={partial_caption_prob}: "
+                  "must be in [0, 1]")
+  if caption_style is not None and caption_style not in world.CAPTION_STYLES:
+    errors.append(f"config.data.synthetic.caption_style={caption_style!r}: must be one of "
+                  f"{world.CAPTION_STYLES}")
+  return errors
+
+
 def split_images(params: dict, split: str):
   """Yields (record, captions, truth) for every image of a split, in order."""
-  prototypes = world.make_prototypes(params["seed"], params["feature_dim"])
-  language = params.get("language", "en")
-  encoder = world.caption_encoder(language)
+  prototypes = world.make_prototypes(params["seed"], params["feature_dim"],
+                                     params["num_object_classes"], params["num_attributes"])
+  language = _param(params, "language")
+  encoder = world.caption_encoder(**world_words(params))
   for index in range(params["num_images"][split]):
     rng = np.random.default_rng([params["seed"], 7, _SPLIT_IDS[split], index])
     yield world.make_image(
@@ -136,13 +196,18 @@ def split_images(params: dict, split: str):
         min_objects=params["min_objects"], max_objects=params["max_objects"],
         max_clutter=params["max_clutter"], spatial_order=params["spatial_order"],
         num_object_classes=params["num_object_classes"],
-        num_attributes=params["num_attributes"], language=language)
+        num_attributes=params["num_attributes"], language=language,
+        min_boxes=_param(params, "min_boxes_per_object"),
+        max_boxes=_param(params, "max_boxes_per_object"),
+        detector_peak=(_param(params, "detector_peak_min"), _param(params, "detector_peak_max")),
+        partial_caption_prob=_param(params, "partial_caption_prob"),
+        caption_style=_param(params, "caption_style"))
 
 
 def generate(out_dir: str, params: dict) -> str:
   """Writes all splits into out_dir (which must not be in use by others)."""
   _check_params(params)
-  vocab = world.vocab_tokens(params.get("language", "en"))
+  vocab = world.vocab_tokens(**world_words(params))
   schema.write_vocab(out_dir, vocab)
   for split in [s for s in SPLITS if s in params["num_images"]]:
     captions = {}
@@ -211,7 +276,13 @@ def _ensure(params: dict, directory: str) -> str:
 
 def main(argv):
   del argv
-  from absl import flags
+  from absl import app, flags
+  if flags.FLAGS.list:
+    from configs import synthetic_worlds
+    print(synthetic_worlds.describe())
+    return
+  if flags.FLAGS.config is None:
+    raise app.UsageError("--config is required (or --list)")
   ensure = ensure_retrieval if flags.FLAGS.task == "retrieval" else ensure_synthetic
   print(ensure(flags.FLAGS.config))
 
@@ -220,9 +291,10 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
-      "config", None, "Config file, e.g. configs/pretrain.py:tiny; the synthetic data is "
-      "generated for its model/data shapes (override with --config.data.synthetic.*).")
+      "config", None, "Config file, e.g. configs/pretrain.py:tiny or "
+      "configs/pretrain.py:tiny,preset=NAME; the synthetic data is generated for its "
+      "model/data shapes (override with --config.data.synthetic.*).")
+  flags.DEFINE_bool("list", False, "Print the named synthetic worlds (presets) and exit.")
   flags.DEFINE_enum("task", "pretrain", TASKS, "pretrain: the pretraining world (train, "
                     "validation, test); retrieval: its test split with 5 captions per image.")
-  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -23,7 +23,8 @@ def _phrase(objects, order):
   words = []
   for j, i in enumerate(order):
     attr, cls = objects[i]
-    words += (["and"] if j else []) + ["a", world.ATTRIBUTES[attr], world.CLASSES[cls]]
+    words += (["and"] if j else []) + ["a", world.ALL_ATTRIBUTES[attr],
+                                       world.ALL_CLASSES[cls]]
   return words + ["."]
 
 
@@ -52,7 +53,7 @@ def _options(rng, objects, order, positions, n_attr, n_cls):
 
 def questions(params: dict, split: str):
   """Yields one choices.Question per image of the synthetic split."""
-  word_ids = {w: i for i, w in enumerate(world.vocab_tokens())}
+  word_ids = {w: i for i, w in enumerate(world.vocab_tokens(**synthetic.world_words(params)))}
   ids = lambda words: [word_ids[w] for w in words]
   n_attr, n_cls = params["num_attributes"], params["num_object_classes"]
   for index, (_, _, truth) in enumerate(synthetic.split_images(params, split)):

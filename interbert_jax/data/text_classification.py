@@ -54,8 +54,8 @@ def synthetic_text_dir(config) -> str:
     return out
   tmp = f"{out}.tmp{os.getpid()}"
   os.makedirs(tmp, exist_ok=True)
-  words = world.vocab_tokens()
-  attributes = set(world.ATTRIBUTES)
+  words = world.vocab_tokens(**synthetic.world_words(synthetic.synthetic_params(config)))
+  attributes = set(world.ALL_ATTRIBUTES)
   for split in synthetic.SPLITS:
     caps = schema.load_captions(base, split)
     with open(os.path.join(tmp, f"{split}.tsv"), "w", encoding="utf-8") as f:

@@ -11,6 +11,7 @@ import numpy as np
 from interbert_jax import tasks
 from interbert_jax.data import itm_negatives
 from interbert_jax.data import masking
+from interbert_jax.data import synthetic
 from interbert_jax.data import synthetic_world
 from interbert_jax.model import common as model_common
 from interbert_jax.model import interbert
@@ -31,6 +32,7 @@ ENUMERATED = {
     "data.itm_negatives": itm_negatives.ITM_NEGATIVES,
     "task": tasks.TASKS,
     "data.synthetic.language": synthetic_world.LANGUAGES,
+    "data.synthetic.caption_style": synthetic_world.CAPTION_STYLES,
 }
 
 
@@ -112,6 +114,9 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
   check(0.0 <= d.hard_negative_prob <= 1.0, "data.hard_negative_prob", "must be in [0, 1]")
   positive_int("data.hard_negative_k")
   check(not d.dir or "://" in d.dir or os.path.isdir(d.dir), "data.dir", "directory does not exist")
+  # The synthetic world's generator knobs (the rest: synthetic._check_params, at generation).
+  errors += synthetic.knob_errors(**{k: d.synthetic[k] for k in synthetic.KNOB_DEFAULTS
+                                     if k != "caption_style"})
 
   # Optimizer and loss.
   o = config.optimizer
