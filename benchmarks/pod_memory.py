@@ -17,6 +17,7 @@ feature/class sizes), raw replicated key data as the rng. One JSON line per case
                              batch + rng (batch_bytes_per_device, rng_bytes given apart)
   compile_s                  wall seconds of lower + compile (the trainer's function)
   replicated_top             the largest leaves NOT split over the devices (ratio culprits)
+  replicated_groups          the same summed per kind (over layers, params and Adam moments)
 
 `--scan` adds scan-vs-unrolled cases: `large` compiled with model.scan_layers True and
 False at each listed N, and their compile-time ratio. Then a summary JSON line.
@@ -29,8 +30,10 @@ Compile times are on whatever machine runs it (fake devices share its CPU cores)
 memory numbers do not depend on the machine.
 """
 import argparse
+import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +63,19 @@ def state_bytes(abstract, shardings) -> tuple[int, int, list]:
     if local == full and full > 0:
       replicated.append((local, jax.tree_util.keystr(path), list(leaf.shape)))
   return total, per_device, sorted(replicated, reverse=True)
+
+
+def replicated_groups(replicated: list, top: int = 5) -> list[dict]:
+  """Replicated leaves summed over layers and over params / Adam mu / nu, largest first:
+  e.g. "text_stream/layer_*/attention/query/bias [12, 64]"."""
+  groups, counts = collections.Counter(), collections.Counter()
+  for nbytes, path, shape in replicated:
+    name = re.sub(r"^\['params'\]|^\['ema_params'\]|^\['opt'\]\[\d+\]\.(mu|nu)", "", path)
+    name = re.sub(r"layer_\d+", "layer_*", name.replace("']['", "/").strip("[]'"))
+    key = f"{name} {shape}"
+    groups[key] += nbytes
+    counts[key] += 1
+  return [{"leaves": k, "count": counts[k], "bytes": b} for k, b in groups.most_common(top)]
 
 
 def pod_config(variant: str, num_devices: int, scan_layers: bool | None):
@@ -139,6 +155,7 @@ def measure_case(variant: str, num_devices: int, scan_layers: bool | None) -> di
       "replicated_leaves": len(replicated),
       "replicated_bytes_per_device": sum(r[0] for r in replicated),
       "replicated_top": [{"path": p, "shape": s, "bytes": b} for b, p, s in replicated[:5]],
+      "replicated_groups": replicated_groups(replicated),
   }
 
 
