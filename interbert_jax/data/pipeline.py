@@ -90,6 +90,26 @@ def validate(config, meta: dict) -> None:
     raise PipelineConfigError("config does not fit the dataset:\n  " + "\n  ".join(errors))
 
 
+def batch_spec(b: int, *, text_len: int, regions: int, msm_positions: int, feature_dim: int,
+               num_classes: int, regress: bool = False) -> dict:
+  """key -> (shape, dtype) of a batch of b examples: the batch contract (docs/design.md).
+
+  regions counts the global image token (max_regions + 1); msm_positions is P.
+  """
+  T, R, P, F, C = text_len, regions, msm_positions, feature_dim, num_classes
+  spec = dict(
+      text_ids=((b, T), np.int32), text_mask=((b, T), np.int32),
+      segment_ids=((b, T), np.int32), region_features=((b, R, F), np.float16),
+      region_locations=((b, R, 5), np.float32), region_mask=((b, R), np.int32),
+      msm_positions=((b, P), np.int32), msm_targets=((b, P), np.int32),
+      msm_weights=((b, P), np.float32), mrm_weights=((b, R), np.float32),
+      mrm_target_probs=((b, R, C), np.float16), mrm_target_classes=((b, R), np.int32),
+      itm_labels=((b,), np.int32))
+  if regress:
+    spec["mrm_target_features"] = ((b, R, F), np.float16)
+  return spec
+
+
 class _Split:
   """One split's images (random access) and captions (in memory) plus masking constants."""
 
@@ -269,18 +289,8 @@ class _Split:
 
   def batch_spec(self, b: int) -> dict:
     """key -> (shape, dtype) of a host batch of b examples (the batch contract)."""
-    T, R, P, F, C = self.T, self.R, self.P, self.F, self.C
-    spec = dict(
-        text_ids=((b, T), np.int32), text_mask=((b, T), np.int32),
-        segment_ids=((b, T), np.int32), region_features=((b, R, F), np.float16),
-        region_locations=((b, R, 5), np.float32), region_mask=((b, R), np.int32),
-        msm_positions=((b, P), np.int32), msm_targets=((b, P), np.int32),
-        msm_weights=((b, P), np.float32), mrm_weights=((b, R), np.float32),
-        mrm_target_probs=((b, R, C), np.float16), mrm_target_classes=((b, R), np.int32),
-        itm_labels=((b,), np.int32))
-    if self.regress:
-      spec["mrm_target_features"] = ((b, R, F), np.float16)
-    return spec
+    return batch_spec(b, text_len=self.T, regions=self.R, msm_positions=self.P,
+                      feature_dim=self.F, num_classes=self.C, regress=self.regress)
 
   def empty_batch(self, b: int) -> dict:
     return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.batch_spec(b).items()}

@@ -24,6 +24,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # Megatron tensor parallelism: attention heads and the MLP's hidden units are split,
     # so QKV/wi are column-parallel, out/wo row-parallel (one all-reduce per block).
     ("heads", "tensor"),
+    # ZeRO-3 for what has no embed axis (MLP/pooler biases [mlp], the ITM head [mlp, 2]):
+    # fsdp x tensor while fsdp is free; weights [embed, mlp] and activations (fsdp already
+    # taken by embed / batch) fall through to the next rule, unchanged.
+    ("mlp", ("fsdp", "tensor")),
     ("mlp", "tensor"),
     # The tied word embedding/MSM decoder: vocab-parallel logits.
     ("vocab", "tensor"),
