@@ -418,5 +418,8 @@ def test_dead_loader_worker_stops_the_run_within_seconds(env, tmp_path):
   stderr = open(log_path).read()
   assert proc.returncode == 1, stderr[-3000:]
   assert elapsed < 30, elapsed
+  # The pid when the pool's worker was reaped in time (almost always), else no name.
   assert (f"error: a data loader worker process died (pid {workers[0]} killed by SIGKILL)"
-          in stderr) and "Traceback" not in stderr
+          in stderr or "error: a data loader worker process died: stopping" in stderr), \
+      stderr[-3000:]
+  assert "Traceback" not in stderr

@@ -18,6 +18,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import time
 from multiprocessing import shared_memory
 from typing import Callable, Iterable, Iterator, Tuple
 
@@ -37,14 +38,17 @@ def _died(processes: dict) -> WorkerDiedError:
   `processes`: pid -> multiprocessing.Process of every worker the pool started.
   """
   dead = []
+  deadline = time.monotonic() + 2.0        # a killed worker may not be reaped yet
   for pid, proc in list(processes.items()):
+    if proc.exitcode is None:
+      proc.join(max(0.0, deadline - time.monotonic()))
     code = proc.exitcode
     if code is not None and code != 0:
       dead.append(f"pid {pid} " + (f"killed by {signal.Signals(-code).name}" if code < 0
                                    else f"exited with code {code}"))
-  who = ", ".join(dead) or "a worker"
+  who = f" ({', '.join(dead)})" if dead else ""
   return WorkerDiedError(
-      f"a data loader worker process died ({who}): stopping; the last checkpoint is kept, "
+      f"a data loader worker process died{who}: stopping; the last checkpoint is kept, "
       "re-run the same command to resume. If the kernel killed it (out of memory), lower "
       "config.data.num_workers or config.data.prefetch.")
 
