@@ -42,14 +42,11 @@ TASKS = ("pretrain", "retrieval")
 # world. They enter synthetic_params (and so the cache hash) only when they differ from it.
 KNOB_DEFAULTS = dict(min_boxes_per_object=1, max_boxes_per_object=3, detector_peak_min=0.5,
                      detector_peak_max=0.9, partial_caption_prob=0.0, caption_style="basic")
-_KNOB_TYPES = dict(min_boxes_per_object=int, max_boxes_per_object=int,
-                   detector_peak_min=float, detector_peak_max=float,
-                   partial_caption_prob=float, caption_style=str)
 
 
 def _knobs(s) -> dict:
   """The generator knobs of config.data.synthetic `s` that differ from KNOB_DEFAULTS."""
-  knobs = {k: _KNOB_TYPES[k](s[k]) for k in KNOB_DEFAULTS}
+  knobs = {k: type(v)(s[k]) for k, v in KNOB_DEFAULTS.items()}
   return {k: v for k, v in knobs.items() if v != KNOB_DEFAULTS[k]}
 
 
@@ -126,12 +123,12 @@ def _check_params(params: dict):
   if params["caption_len"] < 7:
     raise ValueError(f"config.data.text_len={params['caption_len'] + 2}: the synthetic "
                      "captions need text_len >= 9")
-  need = world.longest_short_caption(params.get("language", "en"), params["max_objects"],
+  need = world.longest_short_caption(_param(params, "language"), params["max_objects"],
                                      params["num_object_classes"], params["num_attributes"])
   if params["caption_len"] < need:
     raise ValueError(f"config.data.text_len={params['caption_len'] + 2}: captions of "
                      f"{params['max_objects']} objects in "
-                     f"config.data.synthetic.language={params.get('language', 'en')!r} "
+                     f"config.data.synthetic.language={_param(params, 'language')!r} "
                      f"need text_len >= {need + 2}")
   if params["max_regions"] < 3:
     raise ValueError(f"config.data.synthetic.max_regions_per_image (or data.max_regions)="
@@ -186,6 +183,7 @@ def split_images(params: dict, split: str):
                                      params["num_object_classes"], params["num_attributes"])
   language = _param(params, "language")
   encoder = world.caption_encoder(**world_words(params))
+  words = world.lexicon(**world_words(params))          # once per split, not per image
   for index in range(params["num_images"][split]):
     rng = np.random.default_rng([params["seed"], 7, _SPLIT_IDS[split], index])
     yield world.make_image(
@@ -201,7 +199,7 @@ def split_images(params: dict, split: str):
         max_boxes=_param(params, "max_boxes_per_object"),
         detector_peak=(_param(params, "detector_peak_min"), _param(params, "detector_peak_max")),
         partial_caption_prob=_param(params, "partial_caption_prob"),
-        caption_style=_param(params, "caption_style"))
+        caption_style=_param(params, "caption_style"), words=words)
 
 
 def generate(out_dir: str, params: dict) -> str:

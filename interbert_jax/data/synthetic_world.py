@@ -259,7 +259,8 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
                noise, caption_len, captions_per_image, encoder, split, min_objects=2,
                max_objects=4, max_clutter=2, spatial_order=False, num_object_classes=0,
                num_attributes=0, language="en", min_boxes=1, max_boxes=3,
-               detector_peak=(0.5, 0.9), partial_caption_prob=0.0, caption_style="basic"):
+               detector_peak=(0.5, 0.9), partial_caption_prob=0.0, caption_style="basic",
+               words=None):
   """One synthetic image: (record in the schema layout, captions as token-id lists, truth).
 
   max_regions caps the number of regions (objects keep >= 1 each); fill_regions > 0 pads
@@ -330,7 +331,8 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
   # Left to right by the object's (unjittered) box centre.
   caption_order = np.argsort(centres, kind="stable") if spatial_order else None
   encode, length = encoder
-  words = lexicon(language, num_object_classes, num_attributes, caption_style)
+  if words is None:           # the world's lexicon(); callers of many images pass it once
+    words = lexicon(language, num_object_classes, num_attributes, caption_style)
   captions, named = [], []
   for _ in range(captions_per_image):
     caption_objects = caption_order
