@@ -39,7 +39,8 @@ def _hf_finetune(bert_dir, config, num_labels, seed):
   opt = torch.optim.AdamW([{"params": decay + [head.weight], "weight_decay": o.weight_decay},
                            {"params": rest + [head.bias], "weight_decay": 0.0}],
                           lr=o.learning_rate, betas=(o.b1, o.b2), eps=o.eps)
-  total, warmup = config.total_steps, int(round(o.warmup_fraction * config.total_steps))
+  from interbert_jax.training import optimizer as optimizer_lib
+  total, warmup = config.total_steps, optimizer_lib.warmup_steps(config)
   sched = transformers.get_linear_schedule_with_warmup(opt, warmup, total)
   it = text_classification.train_iterator(config)
   bert.train()

@@ -233,8 +233,9 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
   preemption = preemption_lib.PreemptionSignal()
   progress = metrics_lib.Progress(config.total_steps, start_step, config.batch_size)
   window: list[dict] = []
-  plateau = plateau_lib.PlateauDetector.from_config(
-      config, optimizer_lib.warmup_steps(config), start_step)   # once per process
+  plateau = (plateau_lib.PlateauDetector.from_config(
+      config, optimizer_lib.warmup_steps(config), start_step)   # process 0, once
+             if task.plateau_diagnostics and process == 0 else None)
 
   def save(step, reason):
     check_finite(window, step, writer, ckpt)
@@ -263,8 +264,7 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
         logging.info("%s | %s | mfu %.2f%%", progress.line(step, scalars["loss"], rates),
                      " ".join(f"{k} {scalars[k]:.3f}" for k in task.log_keys),
                      100 * scalars["mfu"])
-        if (process == 0 and "itm_loss" in scalars and "dead_text_pooler" in scalars
-            and plateau.update(step, scalars["itm_loss"])):   # pretraining, process 0
+        if plateau is not None and plateau.update(step, scalars["itm_loss"]):
           logging.warning("%s", plateau_lib.warning_message(step, scalars,
                                                             plateau.window_steps))
         window = []

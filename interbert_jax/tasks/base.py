@@ -16,6 +16,8 @@ class Task:
   # Metrics on the trainer's progress line (the plateau diagnostics: docs/plateau.md).
   log_keys = ("itm_acc", "msm_acc", "mrm_acc", "dead_text_pooler", "dead_image_pooler",
               "itm_logit_std")
+  # The ITM plateau diagnostics and warning (docs/plateau.md); fine-tuning tasks set False.
+  plateau_diagnostics = True
   # Top-level subtrees of a pretrained InterBERT checkpoint this task's model does not
   # have: `config.init_from` skips them instead of failing on unknown parameters.
   init_from_ignore: tuple = ()
@@ -49,8 +51,8 @@ class Task:
 
   def diagnostic_stats(self, outputs: dict, batch: dict) -> dict:
     """Per-(micro)batch statistics of the training forward pass behind the logged
-    diagnostics (docs/plateau.md); {} = this task logs none (fine-tuning tasks)."""
-    return losses.itm_diagnostic_stats(outputs)
+    diagnostics (docs/plateau.md); {} when the task has no `plateau_diagnostics`."""
+    return losses.itm_diagnostic_stats(outputs) if self.plateau_diagnostics else {}
 
   def diagnostics(self, stats: dict) -> dict:
     """`diagnostic_stats` stacked over a step's microbatches -> float32 scalar metrics."""

@@ -42,6 +42,7 @@ class ClassificationTask(base.Task):
   name = "classification"
   data = text_classification
   log_keys = ("cls_acc",)
+  plateau_diagnostics = False
   init_from_ignore = UNUSED
 
   def build_model(self, config):
@@ -57,9 +58,6 @@ class ClassificationTask(base.Task):
     return model.apply({"params": params}, batch["text_ids"], batch["text_mask"],
                        batch["segment_ids"], deterministic=deterministic,
                        rngs=None if deterministic else {"dropout": rng})
-
-  def diagnostic_stats(self, outputs, batch):
-    return {}    # The plateau diagnostics are pretraining's (docs/plateau.md).
 
   def terms(self, outputs, batch, config):
     return losses.classification_terms(outputs["logits"], batch["labels"], "cls")

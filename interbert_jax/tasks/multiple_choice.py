@@ -42,6 +42,7 @@ class MultipleChoiceTask(base.Task):
   name = "multiple_choice"
   data = choice_batches
   log_keys = ("mc_acc",)
+  plateau_diagnostics = False
 
   def build_model(self, config):
     return interbert.build_model(config.model, MultipleChoiceModel)
@@ -59,9 +60,6 @@ class MultipleChoiceTask(base.Task):
                        batch["region_locations"], batch["region_mask"],
                        deterministic=deterministic,
                        rngs=None if deterministic else {"dropout": rng})
-
-  def diagnostic_stats(self, outputs, batch):
-    return {}    # The plateau diagnostics are pretraining's (docs/plateau.md).
 
   def terms(self, outputs, batch, config):
     return losses.classification_terms(outputs["choice_logits"], batch["labels"], "mc")

@@ -14,6 +14,7 @@ class RetrievalTask(base.Task):
   name = "retrieval"
   data = retrieval_batches
   log_keys = ("itm_acc",)
+  plateau_diagnostics = False
 
   def apply(self, model, params, batch, *, deterministic, rng=None):
     """InterBert on the model inputs; the MSM head runs at one position only (unused)."""
@@ -23,9 +24,6 @@ class RetrievalTask(base.Task):
         batch["region_locations"], batch["region_mask"], segment_ids=batch["segment_ids"],
         deterministic=deterministic, msm_positions=jnp.zeros((b, 1), jnp.int32),
         rngs=None if deterministic else {"dropout": rng})
-
-  def diagnostic_stats(self, outputs, batch):
-    return {}    # The plateau diagnostics are pretraining's (docs/plateau.md).
 
   def terms(self, outputs, batch, config):
     return losses.itm_terms(outputs["itm_logits"], batch["itm_labels"])
