@@ -94,12 +94,8 @@ def batch_shapes(config, b: int) -> dict:
   """Global ShapeDtypeStructs of the pretraining batch contract (synthetic data sizes)."""
   import jax  # pylint: disable=g-import-not-at-top
   from interbert_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  m, d = config.model, config.data
-  spec = pipeline.batch_spec(
-      b, text_len=int(d.text_len), regions=int(d.max_regions) + 1,
-      msm_positions=int(d.max_msm_targets) or int(d.text_len),
-      feature_dim=int(m.feature_dim), num_classes=int(m.num_region_classes),
-      regress=m.mrm_target == "regress")
+  spec = pipeline.batch_spec(config, b, feature_dim=int(config.model.feature_dim),
+                             num_classes=int(config.model.num_region_classes))
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 

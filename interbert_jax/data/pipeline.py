@@ -90,13 +90,20 @@ def validate(config, meta: dict) -> None:
     raise PipelineConfigError("config does not fit the dataset:\n  " + "\n  ".join(errors))
 
 
-def batch_spec(b: int, *, text_len: int, regions: int, msm_positions: int, feature_dim: int,
-               num_classes: int, regress: bool = False) -> dict:
+def batch_dims(data_config) -> tuple[int, int, int]:
+  """(T, R, P) of the batch contract: text_len, max_regions + 1 (the global image token),
+  and the MSM positions max_msm_targets (0 = text_len)."""
+  d = data_config
+  return int(d.text_len), int(d.max_regions) + 1, int(d.max_msm_targets or d.text_len)
+
+
+def batch_spec(config, b: int, *, feature_dim: int, num_classes: int) -> dict:
   """key -> (shape, dtype) of a batch of b examples: the batch contract (docs/design.md).
 
-  regions counts the global image token (max_regions + 1); msm_positions is P.
+  feature_dim, num_classes: the dataset's (its metadata.json; the model's for shapes only).
   """
-  T, R, P, F, C = text_len, regions, msm_positions, feature_dim, num_classes
+  (T, R, P), F, C = batch_dims(config.data), feature_dim, num_classes
+  regress = config.model.mrm_target == "regress"
   spec = dict(
       text_ids=((b, T), np.int32), text_mask=((b, T), np.int32),
       segment_ids=((b, T), np.int32), region_features=((b, R, F), np.float16),
@@ -163,9 +170,7 @@ class _Split:
     self.min_regions = int(d.min_regions)
     self.conf_threshold = float(d.region_conf_threshold)
     self.global_from_masked = bool(d.global_from_masked)
-    self.T = d.text_len
-    self.R = d.max_regions + 1
-    self.P = d.max_msm_targets or d.text_len
+    self.T, self.R, self.P = batch_dims(d)
     self.F = int(meta["feature_dim"])
     self.C = int(meta["num_classes"])
     self.regress = config.model.mrm_target == "regress"
@@ -289,8 +294,7 @@ class _Split:
 
   def batch_spec(self, b: int) -> dict:
     """key -> (shape, dtype) of a host batch of b examples (the batch contract)."""
-    return batch_spec(b, text_len=self.T, regions=self.R, msm_positions=self.P,
-                      feature_dim=self.F, num_classes=self.C, regress=self.regress)
+    return batch_spec(self.config, b, feature_dim=self.F, num_classes=self.C)
 
   def empty_batch(self, b: int) -> dict:
     return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.batch_spec(b).items()}
