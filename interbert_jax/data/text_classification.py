@@ -54,7 +54,8 @@ def synthetic_text_dir(config) -> str:
     return out
   tmp = f"{out}.tmp{os.getpid()}"
   os.makedirs(tmp, exist_ok=True)
-  words = world.vocab_tokens(**synthetic.world_words(synthetic.synthetic_params(config)))
+  vocab_path = os.path.join(base, schema.VOCAB_FILE)      # the world's, as generated
+  words = {i: w for w, i in tokenizer_lib.load_vocab(vocab_path).items()}
   attributes = set(world.ALL_ATTRIBUTES)
   for split in synthetic.SPLITS:
     caps = schema.load_captions(base, split)
@@ -64,8 +65,7 @@ def synthetic_text_dir(config) -> str:
         text = [words[i] for i in caps.caption(k)]
         label = next(w for w in text if w in attributes)
         f.write(f"{label}\t{' '.join(text)}\n")
-  with open(os.path.join(tmp, "vocab.txt"), "w") as f:
-    f.write("\n".join(words) + "\n")
+  shutil.copyfile(vocab_path, os.path.join(tmp, "vocab.txt"))
   try:
     os.rename(tmp, out)
   except OSError:             # another process finished first: its identical copy stays
