@@ -171,7 +171,6 @@ def parse_arg(arg):
 
 def get_config(arg="tiny"):
   variant, preset = parse_arg(arg)
-  synthetic_worlds.preset_overrides(preset)    # An unknown name fails before any work.
   c = ml_collections.ConfigDict()
   c.variant = variant
   c.model = model_config(variant)
