@@ -5,8 +5,11 @@ Run:
   python -m interbert_jax.main --config=configs/pretrain.py:base --workdir=gs://.../run \
       --config.data.dir=/data/cc_prepared --config.init_from=/ckpt/bert_base_converted
 
-Variants: `tiny` (CPU seconds, synthetic data), `base` (the released 6/6/6 model,
-157,021,565 parameters with heads), `large` (1024 hidden, 24-layer text path).
+Variants: `tiny` (CPU seconds, synthetic data), `small` (the paper's recipe scaled down: 3
+single-stream + 3 text layers from the bundled real BERT, a new 3-layer image stream, BERT
+weights at 0.1x the learning rate; synthetic data in BERT's vocabulary), `base` (the
+released 6/6/6 model, 157,021,565 parameters with heads), `large` (1024 hidden, 24-layer
+text path).
 Override any key with --config.KEY=VALUE (e.g. --config.model.fusion=sum).
 A named synthetic world (configs/synthetic_worlds.py): `configs/pretrain.py:tiny,preset=hard`.
 """
@@ -60,6 +63,19 @@ def model_config(variant="base"):
     m.single_stream = _stack(2, 4, 256)
     m.text_stream = _stack(2, 4, 256)
     m.image_stream = _stack(2, 4, 256, hidden_dropout=0.2)
+  elif variant == "small":
+    # Sizes from the bundled BERT's config.json (interbert_jax/bundled_bert.py) through the
+    # converter's own mapping, so config and checkpoint agree by construction; its first 3
+    # layers become the single stream, the next 3 the text stream (config.init_from).
+    from interbert_jax import bundled_bert  # pylint: disable=g-import-not-at-top
+    from interbert_jax.convert import model_configs  # pylint: disable=g-import-not-at-top
+    m.feature_dim = 64                 # the tiny synthetic world's shapes (presets may change them)
+    m.num_region_classes = 64
+    m.pooler_dim = 512                 # the released 1024 : 768, scaled to 384
+    m.image_stream = _stack(3, 12, 1536, hidden_dropout=0.2)
+    m = model_configs.from_hf_bert(bundled_bert.config(), m, single_stream_layers=3,
+                                   text_layers=3, image_layers=3,
+                                   origin=bundled_bert.model_dir())
   elif variant == "large":
     m.hidden_size = 1024
     m.pooler_dim = 1024
@@ -128,13 +144,15 @@ def data_config(variant="base"):
       detector_peak_max=0.9,           # class ~ uniform in [min, max] (lower = flatter).
       partial_caption_prob=0.0,        # chance a caption names only 1..n-1 of n >= 2 objects.
       caption_style="basic",           # synthetic_world.CAPTION_STYLES: "varied" = more templates.
+      vocab="world",                   # "world" = its own small vocabulary | "bert" = the
+                                       # bert-base-uncased one of the bundled BERT (`small`).
       # "en" | "zh" (synthetic_world.LANGUAGES): captions in English words, or Chinese text
       # split one token per character by the BERT tokenizer against a character vocabulary
       # the world generates. Chinese captions are ~2-3x more tokens: the tiny world needs
       # data.text_len=26 in zh (3 objects in the short form need 24 tokens + [CLS], [SEP]).
       language="en",
       dir=""))                         # "" = ~/.cache/interbert_jax/synthetic/<hash>
-  if variant == "tiny":
+  if variant in ("tiny", "small"):
     d.text_len = 16
     d.max_regions = 10
     d.synthetic.num_train_images = 2_000
@@ -153,6 +171,8 @@ def data_config(variant="base"):
     # (~10-word) synthetic caption so often that ITM cannot exceed ~0.91; the real 0.3 n cap
     # (which the reference computes and then ignores) lifts that ceiling to ~0.99.
     d.msm.max_span_frac = 0.3
+  if variant == "small":
+    d.synthetic.vocab = "bert"          # captions in the bundled BERT's WordPiece ids
   return d
 
 
@@ -238,7 +258,7 @@ def get_config(arg="tiny"):
   # itm_logit_std (logged at every log step). 0 = no warning. Once per process.
   c.plateau = ml_collections.ConfigDict(dict(window_steps=2_000, tolerance=0.01))
 
-  if variant == "tiny":
+  if variant in ("tiny", "small"):
     c.total_steps = 3_000             # ~4 minutes on 2 CPU cores (eval ITM ~0.91, MRM ~0.8).
     c.batch_size = 32
     c.log_every_steps = 50
@@ -260,4 +280,12 @@ def get_config(arg="tiny"):
     m.embedding_dropout = m.itm_dropout = 0.0
     for stack in (m.single_stream, m.text_stream, m.image_stream):
       stack.hidden_dropout = stack.attention_dropout = 0.0
+  if variant == "small":
+    # The paper's recipe: new weights at the learning rate, BERT-initialised ones at 0.1x
+    # of it. Values: docs/plateau.md "The small recipe" (tuned on presets named there).
+    from interbert_jax import bundled_bert  # pylint: disable=g-import-not-at-top
+    c.init_from = bundled_bert.model_dir()  # converted at start-up (checkpoints/init_from.py)
+    c.total_steps = 1_500             # ~1.6 steps/s at batch 32 on 2 CPU cores: ~16 minutes.
+    c.optimizer.learning_rate = 5e-4
+    c.optimizer.bert_lr_multiplier = 0.1
   return synthetic_worlds.apply_preset(c, preset)

@@ -117,8 +117,9 @@ def init_or_restore(config, task, model, tx, ckpt, mesh):
   state = state_lib.create_state(model, tx, state_sh, init_rng, **init_args)
   if config.init_from:
     # Only parameters come from the checkpoint; Adam moments stay zero.
-    state["params"] = init_from_lib.load_init_params(config.init_from, state["params"],
-                                                     ignore=task.init_from_ignore)
+    state["params"] = init_from_lib.load_init_params(
+        config.init_from, state["params"], ignore=task.init_from_ignore,
+        model_config=config.model, seed=config.seed)
     if "ema_params" in state:
       state = state_lib.reset_ema(state, state_sh)
   return state, train_rng, abstract, state_sh, 0
@@ -307,7 +308,7 @@ def main(argv):
   try:
     train(config, _WORKDIR.value)
   except (config_validation.ConfigError, pipeline.PipelineConfigError,
-          schema.DatasetError) as e:       # bad input, found before training starts
+          schema.DatasetError, init_from_lib.InitFromError) as e:  # bad input, before training
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except (NonFiniteLossError, run_state.CheckpointError, pipeline.DataReadError,

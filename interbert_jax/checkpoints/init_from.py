@@ -1,15 +1,80 @@
-"""`config.init_from`: start training from a converted model checkpoint.
+"""`config.init_from`: start training from a converted model checkpoint or a BERT.
 
 A converted checkpoint (e.g. bert-base-uncased mapped onto InterBERT's tree by
 `interbert_jax.convert`) may hold only part of the tree (a BERT has no image stream or
 MRM head); those parameters keep their fresh initialisation. Everything it does hold must
 exist in the model with the same shape, otherwise start-up fails naming the parameter.
+
+A Hugging Face BERT directory (config.json with model_type "bert" + weights) is converted
+at start-up with the converter's mapping (convert/hf_bert.py): BERT layers
+0..L-1 -> single stream, L..L+K_t-1 -> text stream, with L and K_t read from config.model,
+so one command converts and trains. Its config.json must agree with config.model on every
+size the conversion reads, otherwise start-up fails listing each disagreeing key.
 """
+import json
 import logging
+import os
 
 import flax
 import jax
 import numpy as np
+
+
+class InitFromError(ValueError):
+  """config.init_from does not fit the model (reported in one line, exit 2)."""
+
+
+# config.model keys a BERT checkpoint fixes (the converter reads these shapes from it).
+BERT_KEYS = ("vocab_size", "hidden_size", "max_position_embeddings", "type_vocab_size",
+             "layer_norm_eps", "single_stream.heads", "single_stream.mlp_dim",
+             "text_stream.heads", "text_stream.mlp_dim")
+
+
+def is_hf_bert_dir(path: str) -> bool:
+  """True for a Hugging Face BERT directory (its config.json says model_type "bert")."""
+  cfg = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg):
+    return False
+  try:
+    with open(cfg) as f:
+      return json.load(f).get("model_type") == "bert"
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def bert_mismatches(bert_config: dict, m) -> list[str]:
+  """`model.KEY=ours (BERT: theirs)` for each BERT_KEYS entry where config.model `m`
+  differs from what the converter derives from the BERT's config.json."""
+  from interbert_jax.convert import model_configs  # pylint: disable=g-import-not-at-top
+  expected = model_configs.from_hf_bert(bert_config, m, m.single_stream.layers,
+                                        m.text_stream.layers, m.image_stream.layers)
+  get = lambda cfg, key: cfg[key] if "." not in key else cfg[key.split(".")[0]][key.split(".")[1]]
+  return [f"model.{k}={get(m, k)!r} (BERT: {get(expected, k)!r})" for k in BERT_KEYS
+          if get(m, k) != get(expected, k)]
+
+
+def load_hf_bert(path: str, init_params, m, seed: int = 0, ignore=()):
+  """Converts the HF BERT at `path` for config.model `m` and merges what it holds."""
+  from interbert_jax.convert import commands, hf_bert, tensor_io  # pylint: disable=g-import-not-at-top
+  try:
+    with open(os.path.join(path, "config.json")) as f:
+      bert_config = json.load(f)
+    errors = bert_mismatches(bert_config, m)
+    if errors:
+      raise InitFromError(f"config.init_from={path!r} is a BERT checkpoint whose config.json "
+                          f"disagrees with config.model: {'; '.join(errors)}")
+    weights = tensor_io.resolve_weights(path)
+    params, report = hf_bert.hf_bert_to_params(tensor_io.read_state_dict(weights), m,
+                                               commands.init_params(m, seed), origin=weights)
+    params = commands.finalize(params, m, weights)
+  except tensor_io.ConversionError as e:
+    raise InitFromError(f"config.init_from={path!r}: {e}") from e
+  logging.info("init_from %s: BERT layers 0-%d -> single stream, %d-%d -> text stream%s",
+               path, m.single_stream.layers - 1, m.single_stream.layers,
+               m.single_stream.layers + m.text_stream.layers - 1,
+               ", MLM head -> MSM head" if "msm_head" in report["converted"] else "")
+  converted = {k: params[k] for k in report["converted"]}
+  return merge_params(init_params, converted, source=path, ignore=ignore)
 
 
 def merge_params(init_params, loaded_params, source: str = "init_from", ignore=()):
@@ -34,11 +99,11 @@ def merge_params(init_params, loaded_params, source: str = "init_from", ignore=(
   if unknown:
     hint = (" (one tree is scanned, the other not: match config.model.scan_layers)"
             if any("/layers/" in k or "/layer_" in k for k in unknown) else "")
-    raise ValueError(f"config.init_from={source!r}: parameter {unknown[0]!r} is not in the "
+    raise InitFromError(f"config.init_from={source!r}: parameter {unknown[0]!r} is not in the "
                      f"model ({len(unknown)} unknown){hint}.")
   for name, value in loaded.items():
     if tuple(np.shape(value)) != tuple(target[name].shape):
-      raise ValueError(f"config.init_from={source!r}: {name} has shape {np.shape(value)} but "
+      raise InitFromError(f"config.init_from={source!r}: {name} has shape {np.shape(value)} but "
                        f"the model expects {tuple(target[name].shape)}; check config.model.")
   kept = sorted(set(target) - set(loaded))
   logging.info("init_from %s: loaded %d tensors, %d keep their initialisation%s", source,
@@ -53,8 +118,11 @@ def merge_params(init_params, loaded_params, source: str = "init_from", ignore=(
   return flax.traverse_util.unflatten_dict(merged, sep="/")
 
 
-def load_init_params(path: str, init_params, ignore=()):
-  """Loads `path` with interbert_jax.load_checkpoint and merges it into init_params."""
+def load_init_params(path: str, init_params, ignore=(), model_config=None, seed: int = 0):
+  """Loads `path` (a model checkpoint, or a HF BERT directory converted for config.model
+  `model_config`) and merges it into init_params."""
+  if model_config is not None and is_hf_bert_dir(path):
+    return load_hf_bert(path, init_params, model_config, seed, ignore=ignore)
   import interbert_jax  # pylint: disable=g-import-not-at-top  (public API, avoids a cycle)
   _, loaded, _ = interbert_jax.load_checkpoint(path)
   return merge_params(init_params, jax.device_get(loaded), source=path, ignore=ignore)

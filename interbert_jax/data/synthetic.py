@@ -41,7 +41,8 @@ TASKS = ("pretrain", "retrieval")
 # Generator knobs added after GENERATOR_VERSION 2 -> the value that makes the original
 # world. They enter synthetic_params (and so the cache hash) only when they differ from it.
 KNOB_DEFAULTS = dict(min_boxes_per_object=1, max_boxes_per_object=3, detector_peak_min=0.5,
-                     detector_peak_max=0.9, partial_caption_prob=0.0, caption_style="basic")
+                     detector_peak_max=0.9, partial_caption_prob=0.0, caption_style="basic",
+                     vocab="world")
 
 
 def _knobs(s) -> dict:
@@ -61,6 +62,11 @@ def world_words(params) -> dict:
               num_object_classes=params["num_object_classes"],
               num_attributes=params["num_attributes"],
               caption_style=_param(params, "caption_style"))
+
+
+def vocab_args(params) -> dict:
+  """world_words plus the vocabulary choice: the arguments of vocab_tokens / caption_encoder."""
+  return dict(world_words(params), vocab=_param(params, "vocab"))
 
 
 def synthetic_params(config) -> dict:
@@ -157,7 +163,8 @@ def _check_params(params: dict):
 
 
 def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
-                detector_peak_max, partial_caption_prob, caption_style=None) -> list[str]:
+                detector_peak_max, partial_caption_prob, caption_style=None,
+                vocab="world") -> list[str]:
   """Problems of the generator knobs (KNOB_DEFAULTS), each as `config.data.synthetic.<key>
   =<value>: why`; shared by _check_params and the start-up validation (which checks
   caption_style with its other ENUMERATED keys: None = not checked here)."""
@@ -171,6 +178,8 @@ def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
   if not 0.0 <= partial_caption_prob <= 1.0:
     errors.append(f"config.data.synthetic.partial_caption_prob={partial_caption_prob}: "
                   "must be in [0, 1]")
+  if vocab not in world.VOCABS:
+    errors.append(f"config.data.synthetic.vocab={vocab!r}: must be one of {world.VOCABS}")
   if caption_style is not None and caption_style not in world.CAPTION_STYLES:
     errors.append(f"config.data.synthetic.caption_style={caption_style!r}: must be one of "
                   f"{world.CAPTION_STYLES}")
@@ -182,7 +191,7 @@ def split_images(params: dict, split: str):
   prototypes = world.make_prototypes(params["seed"], params["feature_dim"],
                                      params["num_object_classes"], params["num_attributes"])
   language = _param(params, "language")
-  encoder = world.caption_encoder(**world_words(params))
+  encoder = world.caption_encoder(**vocab_args(params))
   words = world.lexicon(**world_words(params))          # once per split, not per image
   for index in range(params["num_images"][split]):
     rng = np.random.default_rng([params["seed"], 7, _SPLIT_IDS[split], index])
@@ -205,7 +214,7 @@ def split_images(params: dict, split: str):
 def generate(out_dir: str, params: dict) -> str:
   """Writes all splits into out_dir (which must not be in use by others)."""
   _check_params(params)
-  vocab = world.vocab_tokens(**world_words(params))
+  vocab = world.vocab_tokens(**vocab_args(params))
   schema.write_vocab(out_dir, vocab)
   for split in [s for s in SPLITS if s in params["num_images"]]:
     captions = {}

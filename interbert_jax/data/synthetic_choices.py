@@ -53,7 +53,7 @@ def _options(rng, objects, order, positions, n_attr, n_cls):
 
 def questions(params: dict, split: str):
   """Yields one choices.Question per image of the synthetic split."""
-  word_ids = {w: i for i, w in enumerate(world.vocab_tokens(**synthetic.world_words(params)))}
+  word_ids = {w: i for i, w in enumerate(world.vocab_tokens(**synthetic.vocab_args(params)))}
   ids = lambda words: [word_ids[w] for w in words]
   n_attr, n_cls = params["num_attributes"], params["num_object_classes"]
   for index, (_, _, truth) in enumerate(synthetic.split_images(params, split)):

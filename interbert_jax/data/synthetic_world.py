@@ -35,6 +35,11 @@ from interbert_jax.data import tokenizer as tokenizer_lib
 from interbert_jax.data.tokenizer import SPECIAL_TOKENS
 
 LANGUAGES = ("en", "zh")         # config.data.synthetic.language
+# config.data.synthetic.vocab: "world" = the world's own small vocabulary (vocab_tokens);
+# "bert" = the bert-base-uncased vocabulary of the bundled BERT (bundled_bert.py), for
+# recipes that start from that BERT (English only: every English word here is one of its
+# WordPiece tokens).
+VOCABS = ("world", "bert")
 
 # Adjacent pairs are each other's "confusable" class (the detector mixes them up).
 CLASSES = ("dog", "cat", "car", "bus", "tree", "bush", "house", "tower", "bird", "kite",
@@ -115,11 +120,22 @@ def _lexicon_words(words):
 
 
 def vocab_tokens(language="en", num_object_classes=0, num_attributes=0,
-                 caption_style="basic"):
+                 caption_style="basic", vocab="world"):
   """The synthetic vocabulary: BERT special tokens first ([PAD] = 0), then the sorted words
   of the original lexicon ("en") or every character of them ("zh": a Chinese BERT
   vocabulary is characters), then, sorted, those that the world's extra classes,
-  attributes and caption style add: the original words keep their ids in every world."""
+  attributes and caption style add: the original words keep their ids in every world.
+  vocab="bert": the bundled bert-base-uncased vocabulary instead (30,522 tokens), which
+  holds every English word of the world as one token."""
+  if vocab == "bert":
+    from interbert_jax import bundled_bert  # pylint: disable=g-import-not-at-top
+    tokens = bundled_bert.vocab_tokens()
+    missing = sorted(_lexicon_words(lexicon(language, num_object_classes, num_attributes,
+                                            caption_style)) - set(tokens))
+    if language != "en" or missing:
+      raise ValueError(f"config.data.synthetic.vocab='bert': the {language!r} words "
+                       f"{missing[:5]} are not tokens of {bundled_bert.vocab_file()}")
+    return tokens
   base = _lexicon_words(LEXICONS[language])
   words = _lexicon_words(lexicon(language, num_object_classes, num_attributes, caption_style))
   if language == "zh":
@@ -128,14 +144,14 @@ def vocab_tokens(language="en", num_object_classes=0, num_attributes=0,
 
 
 def caption_encoder(language="en", num_object_classes=0, num_attributes=0,
-                    caption_style="basic"):
+                    caption_style="basic", vocab="world"):
   """-> (encode, length): caption words -> token ids, and -> number of tokens.
 
   "en": one vocabulary id per word. "zh": the words are joined into Chinese text, which the
   BERT tokenizer (tokenizer.py) splits against vocab_tokens("zh", ...).
   """
   vocab = {w: i for i, w in enumerate(vocab_tokens(language, num_object_classes,
-                                                   num_attributes, caption_style))}
+                                                   num_attributes, caption_style, vocab))}
   if language == "en":
     return (lambda words: [vocab[w] for w in words]), len
   tok = tokenizer_lib.Tokenizer(vocab, lower_case=True)
