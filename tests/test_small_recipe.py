@@ -83,7 +83,8 @@ def test_small_learns_a_shortened_held_out_preset(tmp_path):
   not used to tune it), seed 2 (not used to tune it), shortened to 400 steps.
 
   The full-length figures are benchmarks/presets.py's (docs/plateau.md "The small
-  recipe"); measured here: eval ITM 0.??? at step 400.
+  recipe"); measured here: eval ITM 0.855 (MSM 0.756, MRM 0.474) at
+  step 400.
   """
   from tests.conftest import train
   workdir = tmp_path / "small"
