@@ -162,6 +162,17 @@ def test_fusion_sum(ref):
   assert float(jnp.abs(out_sum["itm_logits"] - out["itm_logits"]).max()) > 1e-4
 
 
+def test_pooler_bias_init_sets_only_the_pooler_biases(ref):
+  _, _, params, _, _ = ref
+  _, biased = init(tiny(pooler_bias_init=0.5))
+  for name in ("text_pooler", "image_pooler"):
+    np.testing.assert_array_equal(biased[name]["bias"], 0.5)
+    np.testing.assert_array_equal(biased[name]["kernel"], params[name]["kernel"])
+  np.testing.assert_array_equal(biased["itm_head"]["bias"], 0.0)
+  with pytest.raises(ValueError, match="model.pooler_bias_init"):
+    interbert_jax.build_model(tiny(pooler_bias_init=99.0))
+
+
 def test_modality_segments_changes_output(ref):
   _, _, params, inputs, out = ref
   model = interbert_jax.build_model(tiny(modality_segments=True))

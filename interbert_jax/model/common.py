@@ -47,12 +47,17 @@ def layer_norm(cfg, name):
       name=name)
 
 
-def dense(cfg, features, kernel_names, bias_names, name):
-  """nn.Dense with the model's dtypes and BERT init; kernel [in, out]."""
+def constant_init(value, names):
+  return nn.with_logical_partitioning(nn.initializers.constant(value), names)
+
+
+def dense(cfg, features, kernel_names, bias_names, name, bias_value=0.0):
+  """nn.Dense with the model's dtypes and BERT init (bias = bias_value, BERT's 0); kernel [in, out]."""
   return nn.Dense(
       features, dtype=to_dtype(cfg.dtype), param_dtype=to_dtype(cfg.param_dtype),
       kernel_init=kernel_init(cfg.initializer_range, kernel_names),
-      bias_init=zeros_init(bias_names), name=name)
+      bias_init=constant_init(bias_value, bias_names) if bias_value else zeros_init(bias_names),
+      name=name)
 
 
 def gelu(x):

@@ -30,8 +30,11 @@ class InterBert(nn.Module):
     self.single_stream = Stack(cfg, cfg.single_stream) if cfg.single_stream.layers else None
     self.text_stream = Stack(cfg, cfg.text_stream) if cfg.text_stream.layers else None
     self.image_stream = Stack(cfg, cfg.image_stream) if cfg.image_stream.layers else None
-    self.text_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None)
-    self.image_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None)
+    pooler_bias = float(cfg.get("pooler_bias_init", 0.0))   # absent in older config.json
+    self.text_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None,
+                                    pooler_bias)
+    self.image_pooler = common.dense(cfg, cfg.pooler_dim, ("embed", "mlp"), ("mlp",), None,
+                                     pooler_bias)
     self.itm_dropout = common.Dropout(cfg.itm_dropout)
     self.itm_head = common.dense(cfg, 2, ("mlp", None), (None,), None)
     self.msm_head = MsmHead(cfg)
@@ -148,6 +151,9 @@ def model_config_errors(cfg, prefix="model.") -> list[str]:
     check(_is_int(cfg[key]) and cfg[key] > 0, key, cfg[key], "must be an integer > 0")
   for key in _RATES:
     check(0.0 <= cfg[key] < 1.0, key, cfg[key], "must be in [0, 1)")
+  bias = cfg.get("pooler_bias_init", 0.0)
+  check(isinstance(bias, (int, float)) and abs(bias) < 10, "pooler_bias_init", bias,
+        "must be a number in (-10, 10)")
   check(cfg.location_dim == 5, "location_dim", cfg.location_dim, "region locations are 5-d")
   check(cfg.type_vocab_size >= 2 or not cfg.modality_segments, "modality_segments",
         cfg.modality_segments, "needs model.type_vocab_size >= 2")
