@@ -7,7 +7,8 @@ Run:
 
 Variants: `tiny` (CPU seconds, synthetic data), `small` (the paper's recipe scaled down: 3
 single-stream + 3 text layers from the bundled real BERT, a new 3-layer image stream, BERT
-weights at 0.1x the learning rate; synthetic data in BERT's vocabulary), `base` (the
+weights at the full learning rate and pooler biases at 1 (docs/plateau.md); synthetic data
+in BERT's vocabulary), `base` (the
 released 6/6/6 model, 157,021,565 parameters with heads), `large` (1024 hidden, 24-layer
 text path).
 Override any key with --config.KEY=VALUE (e.g. --config.model.fusion=sum).
@@ -282,8 +283,8 @@ def get_config(arg="tiny"):
     for stack in (m.single_stream, m.text_stream, m.image_stream):
       stack.hidden_dropout = stack.attention_dropout = 0.0
   if variant == "small":
-    # The paper's recipe: new weights at the learning rate, BERT-initialised ones at 0.1x
-    # of it. Values: docs/plateau.md "The small recipe" (tuned on presets named there).
+    # The paper's recipe scaled down (BERT-initialised text side, a new image stream).
+    # Values: docs/plateau.md "The small recipe" (tuned on the presets and seeds named there).
     from interbert_jax import bundled_bert  # pylint: disable=g-import-not-at-top
     c.init_from = bundled_bert.model_dir()  # converted at start-up (checkpoints/init_from.py)
     c.total_steps = 1_000             # 1.0-1.8 steps/s at batch 32 on 2 CPU cores: 10-17 minutes.
