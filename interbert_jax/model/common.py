@@ -56,8 +56,7 @@ def dense(cfg, features, kernel_names, bias_names, name, bias_value=0.0):
   return nn.Dense(
       features, dtype=to_dtype(cfg.dtype), param_dtype=to_dtype(cfg.param_dtype),
       kernel_init=kernel_init(cfg.initializer_range, kernel_names),
-      bias_init=constant_init(bias_value, bias_names) if bias_value else zeros_init(bias_names),
-      name=name)
+      bias_init=constant_init(bias_value, bias_names), name=name)
 
 
 def gelu(x):
