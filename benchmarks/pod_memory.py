@@ -16,6 +16,8 @@ feature/class sizes), raw replicated key data as the rng. One JSON line per case
   argument/output/temp_bytes compiled.memory_analysis() per device; arguments = state +
                              batch + rng (batch_bytes_per_device, rng_bytes given apart)
   compile_s                  wall seconds of lower + compile (the trainer's function)
+  vocab_rows                 word-table / MSM-bias rows: 30,522 padded to a multiple of
+                             --vocab_pad_multiple (default N, as a pod config sets it)
   replicated_top             the largest leaves NOT split over the devices (ratio culprits)
   replicated_groups          the same summed per kind (over layers, params and Adam moments)
 
@@ -78,8 +80,9 @@ def replicated_groups(replicated: list, top: int = 5) -> list[dict]:
   return [{"leaves": k, "count": counts[k], "bytes": b} for k, b in groups.most_common(top)]
 
 
-def pod_config(variant: str, num_devices: int, scan_layers: bool | None):
-  """configs/pretrain.py:<variant> on a pure-FSDP mesh, a global batch of 1 per device."""
+def pod_config(variant: str, num_devices: int, scan_layers: bool | None, vocab_pad: int = 1):
+  """configs/pretrain.py:<variant> on a pure-FSDP mesh, a global batch of 1 per device,
+  model.vocab_pad_multiple = vocab_pad (0: the fsdp size N)."""
   sys.path.insert(0, _ROOT)
   from configs import pretrain  # pylint: disable=g-import-not-at-top
   config = pretrain.get_config(variant)
@@ -87,6 +90,7 @@ def pod_config(variant: str, num_devices: int, scan_layers: bool | None):
   config.batch_size = num_devices
   if scan_layers is not None:
     config.model.scan_layers = scan_layers
+  config.model.vocab_pad_multiple = vocab_pad or num_devices
   return config
 
 
@@ -99,11 +103,13 @@ def batch_shapes(config, b: int) -> dict:
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
-def measure_case(variant: str, num_devices: int, scan_layers: bool | None) -> dict:
+def measure_case(variant: str, num_devices: int, scan_layers: bool | None,
+                 vocab_pad: int) -> dict:
   """Runs in a process with `num_devices` fake devices: compiles, returns the JSON row."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from interbert_jax import tasks  # pylint: disable=g-import-not-at-top
+  from interbert_jax.model import common  # pylint: disable=g-import-not-at-top
   from interbert_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from interbert_jax.parallel import partitioning  # pylint: disable=g-import-not-at-top
   from interbert_jax.training import config_validation  # pylint: disable=g-import-not-at-top
@@ -112,7 +118,7 @@ def measure_case(variant: str, num_devices: int, scan_layers: bool | None) -> di
   from interbert_jax.training import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == num_devices, (jax.device_count(), num_devices)
-  config = pod_config(variant, num_devices, scan_layers)
+  config = pod_config(variant, num_devices, scan_layers, vocab_pad)
   config_validation.validate_config(config, num_devices=num_devices, process_count=1)
   # The same construction as interbert_jax.main (train, _train_loop, init_or_restore).
   mesh = mesh_lib.create_mesh(config.mesh)
@@ -139,6 +145,8 @@ def measure_case(variant: str, num_devices: int, scan_layers: bool | None) -> di
   return {
       "case": "memory", "variant": variant, "devices": num_devices,
       "mesh": dict(mesh.shape), "scan_layers": bool(config.model.scan_layers),
+      "vocab_pad_multiple": int(config.model.vocab_pad_multiple),
+      "vocab_rows": common.vocab_rows(config.model),
       "global_batch": config.batch_size, "examples_per_device": config.batch_size // num_devices,
       "state_bytes_total": total, "state_bytes_per_device": per_device,
       "ideal_bytes_per_device": round(ideal), "ratio": round(per_device / ideal, 4),
@@ -155,7 +163,8 @@ def measure_case(variant: str, num_devices: int, scan_layers: bool | None) -> di
   }
 
 
-def run_case(variant: str, num_devices: int, scan_layers: bool | None, timeout_s: float):
+def run_case(variant: str, num_devices: int, scan_layers: bool | None, timeout_s: float,
+             vocab_pad: int):
   """One case in a fresh subprocess with `num_devices` fake CPU devices -> its JSON row."""
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
@@ -163,7 +172,8 @@ def run_case(variant: str, num_devices: int, scan_layers: bool | None, timeout_s
              XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={num_devices}"]),
              PYTHONPATH=os.pathsep.join([_ROOT, os.environ.get("PYTHONPATH", "")]))
   cmd = [sys.executable, os.path.abspath(__file__), "--_case",
-         f"{variant},{num_devices},{'' if scan_layers is None else int(scan_layers)}"]
+         f"{variant},{num_devices},{'' if scan_layers is None else int(scan_layers)},"
+         f"{vocab_pad}"]
   t0 = time.perf_counter()
   try:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s,
@@ -201,6 +211,10 @@ def parse_args(argv):
                  help="device counts at which `large` is compiled with scan_layers True and "
                  "False to compare compile time ('' = skip).")
   p.add_argument("--scan_variant", default="large", help="variant of the scan comparison.")
+  p.add_argument("--vocab_pad_multiple", type=int, default=0,
+                 help="model.vocab_pad_multiple of every case: 0 (default) pads the "
+                 "vocabulary to a multiple of the fsdp size N, as a pod config would; 1 = "
+                 "the released 30,522 rows, which no fsdp size > 2 divides.")
   p.add_argument("--quick", action="store_true",
                  help="tiny variant, N=8, no scan comparison (~30 s): what tests/test_pod_memory.py runs.")
   p.add_argument("--timeout", type=float, default=1800,
@@ -212,9 +226,9 @@ def parse_args(argv):
 def main(argv=None):
   args = parse_args(argv)
   if args._case:   # pylint: disable=protected-access
-    variant, n, scan = args._case.split(",")   # pylint: disable=protected-access
-    print(json.dumps(measure_case(variant, int(n), None if scan == "" else bool(int(scan)))),
-          flush=True)
+    variant, n, scan, pad = args._case.split(",")   # pylint: disable=protected-access
+    print(json.dumps(measure_case(variant, int(n), None if scan == "" else bool(int(scan)),
+                                  int(pad))), flush=True)
     return
   if args.quick:
     args.variants, args.devices, args.scan = "tiny", "8", ""
@@ -222,7 +236,7 @@ def main(argv=None):
   rows, done = [], {}   # done: (variant, N, scan_layers) -> row, compiled once
   for variant in args.variants.split(","):
     for n in _ints(args.devices):
-      rows.append(run_case(variant, n, scan_layers, args.timeout))
+      rows.append(run_case(variant, n, scan_layers, args.timeout, args.vocab_pad_multiple))
       print(json.dumps(rows[-1]), flush=True)
       scan = pod_config(variant, n, scan_layers).model.scan_layers
       done[(variant, n, bool(scan))] = rows[-1]
@@ -232,7 +246,8 @@ def main(argv=None):
     for scan in (True, False):
       row = done.get((args.scan_variant, n, scan))
       if row is None:   # not already among the memory cases
-        row = dict(run_case(args.scan_variant, n, scan, args.timeout), case="scan_vs_unrolled")
+        row = dict(run_case(args.scan_variant, n, scan, args.timeout,
+                            args.vocab_pad_multiple), case="scan_vs_unrolled")
         print(json.dumps(row), flush=True)
       pair[scan] = row
     both = all("compile_s" in r for r in pair.values())
@@ -249,7 +264,7 @@ def main(argv=None):
       "max_ratio": max((r["ratio"] for r in ok), default=None),
       "all_within_target": bool(ok) and all(r["ratio"] <= RATIO_TARGET for r in ok),
       "ratio_target": RATIO_TARGET,
-      "table": [{k: r[k] for k in ("variant", "devices", "state_bytes_per_device",
+      "table": [{k: r[k] for k in ("variant", "devices", "vocab_rows", "state_bytes_per_device",
                                    "ideal_bytes_per_device", "ratio", "argument_bytes",
                                    "temp_bytes", "compile_s")} for r in ok],
       "scan_vs_unrolled": scans}), flush=True)

@@ -29,6 +29,8 @@ def model_config(variant="base"):
   """The model's architecture (docs/reference_notes.md, Model facts 1). Released InterBERT is `base`."""
   m = ml_collections.ConfigDict()
   m.vocab_size = 30522
+  m.vocab_pad_multiple = 1             # word table / MSM bias rows rounded up to this; set it
+                                       # to the fsdp size on big meshes (docs/performance.md).
   m.hidden_size = 768
   m.max_position_embeddings = 512
   m.type_vocab_size = 2

@@ -113,6 +113,27 @@ def test_scanned_layout_same_outputs(scanned, ours, ref_out):
     np.testing.assert_allclose(out[mine], ours[0][mine], atol=1e-5, rtol=0, err_msg=mine)
 
 
+def test_padded_vocabulary_same_outputs_and_unpadded_round_trip(safetensors_sd, ours, ref_out):
+  """model.vocab_pad_multiple: zero rows on import, masked logits, the real V on export."""
+  m = model_configs.from_reference(json.loads((FIX / "config.json").read_text()),
+                                   model_configs.variant_model_config("base"))
+  m.vocab_pad_multiple = 64
+  v, rows = m.vocab_size, -(-m.vocab_size // 64) * 64
+  assert rows > v
+  params = commands.finalize(reference.reference_to_params(safetensors_sd, m), m, "fixture")
+  assert params["embeddings"]["word_embeddings"]["embedding"].shape[0] == rows
+  assert params["msm_head"]["bias"].shape == (rows,)
+  out = apply(build_model(m), params, ref_out)
+  assert out["msm_logits"].shape[-1] == rows
+  np.testing.assert_array_equal(out["msm_logits"][..., v:], np.finfo(np.float32).min)
+  out["msm_logits"] = out["msm_logits"][..., :v]
+  for mine, theirs in PAIRS:
+    np.testing.assert_allclose(out[mine], ours[0][mine], atol=1e-5, rtol=0, err_msg=mine)
+  back = reference.params_to_reference(params, m)
+  for name, x in safetensors_sd.items():
+    assert back[name].shape == x.shape and np.array_equal(back[name], x), name
+
+
 def test_round_trip_bin_is_bitwise(cli_checkpoint, tmp_path):
   torch = pytest.importorskip("torch")
   out = tmp_path / "back.bin"

@@ -103,6 +103,8 @@ def test_state_shardings_follow_rules(tiny_config, host_batches):
   assert mlp["wi"]["kernel"].spec == P("fsdp", "tensor")
   assert mlp["wo"]["kernel"].spec == P("tensor", "fsdp")
   assert p["mrm_head"]["decoder"]["kernel"].spec == P("fsdp")      # classes replicated
+  # No embed axis: the MSM bias [vocab] is ZeRO-3 sharded over fsdp x tensor (1024 rows).
+  assert p["msm_head"]["bias"].spec == P(("fsdp", "tensor"))
   assert sh["step"].spec == P()
   # FSDP also shards the Adam moments exactly like their parameters.
   adam = [s for s in jax.tree.leaves(sh["opt"], is_leaf=lambda x: hasattr(x, "mu"))

@@ -1,4 +1,5 @@
 """Start-up config validation: every bad value is reported with its key, all at once."""
+import json
 import os
 import re
 import subprocess
@@ -118,6 +119,14 @@ def test_workdir_check_names_the_keys_that_must_match(tmp_path):
   resumed.model.text_stream.hidden_dropout = 0.3
   resumed.data.dir, resumed.data.num_workers = "/elsewhere", 4
   workdir_check.check_workdir(str(tmp_path), resumed)          # allowed on resume
+  # A run made before a key existed resumes when the key has the value it was made with.
+  older = json.loads(config.to_json_best_effort())
+  del older["model"]["vocab_pad_multiple"], older["model"]["pooler_bias_init"]
+  assert workdir_check.differences(older, json.loads(config.to_json_best_effort())) == []
+  padded = json.loads(config.to_json_best_effort())
+  padded["model"]["vocab_pad_multiple"] = 128
+  assert workdir_check.differences(older, padded) == [
+      "model.vocab_pad_multiple: 1 in the workdir, 128 now"]
   other = get_config("tiny")
   other.model.vocab_size, other.model.image_stream.layers = 2048, 3
   other.data.text_len, other.model.scan_layers = 20, True

@@ -10,7 +10,8 @@ batches. Keys that must match (`_must_match`, compared after a JSON round trip):
 Everything else may change on resume (total_steps, log/eval/checkpoint frequency,
 keep_checkpoints, mesh, batch_size, microbatches, optimizer, data.dir, data loader
 settings, ...); MODEL_FREE: model.dtype, model.remat_policy and the dropout rates
-(compute, not state).
+(compute, not state). A key added to the config after a run was made (ADDED_KEYS) reads as
+the value that run was made with, so older workdirs still resume.
 """
 import json
 
@@ -23,6 +24,8 @@ DATA_KEYS = ("data.text_len", "data.max_regions", "data.max_msm_targets")
 MODEL_FREE = ("model.dtype", "model.remat_policy", "model.embedding_dropout",
               "model.itm_dropout")
 MODEL_FREE_SUFFIXES = ("hidden_dropout", "attention_dropout")
+# Keys added after runs were made: a config.json without one was made with this value.
+ADDED_KEYS = {"model.pooler_bias_init": 0.0, "model.vocab_pad_multiple": 1}
 
 
 class WorkdirMismatchError(config_validation.ConfigError):
@@ -49,7 +52,7 @@ def _must_match(key: str) -> bool:
 
 def differences(saved: dict, new: dict) -> list[str]:
   """'key: saved -> new' for every must-match key that differs (or exists on one side)."""
-  a, b = _flatten(saved), _flatten(new)
+  a, b = {**ADDED_KEYS, **_flatten(saved)}, {**ADDED_KEYS, **_flatten(new)}
   missing = object()
   out = []
   for key in sorted(k for k in set(a) | set(b) if _must_match(k)):

@@ -8,6 +8,7 @@ import numpy as np
 
 from interbert_jax.convert import layout
 from interbert_jax.convert.tensor_io import ConversionError, TensorSource
+from interbert_jax.model import common
 
 _LAYER_PREFIX = "encoder.layer."
 
@@ -88,6 +89,10 @@ def hf_bert_to_params(state_dict, m, init_params, origin="BERT checkpoint"):
         raise ConversionError(f"{origin}: cls.predictions.decoder.weight differs from the "
                               "word embeddings; InterBERT ties them")
   ignored = src.check(_ignorable(L + Kt))
+  rows = common.vocab_rows(m)                    # model.vocab_pad_multiple: zero rows
+  p["embeddings"]["word_embeddings"]["embedding"] = layout.pad_vocab(word, rows)
+  if "msm_head" in converted:
+    p["msm_head"]["bias"] = layout.pad_vocab(p["msm_head"]["bias"], rows)
   return p, {"converted": converted, "ignored": ignored}
 
 

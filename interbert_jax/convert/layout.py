@@ -8,6 +8,19 @@ PyTorch layout (`view(..., heads, head_dim)`), which is exactly a C-order reshap
 import numpy as np
 
 
+def pad_vocab(arr, rows):
+  """[V, ...] -> [rows, ...] with zero rows appended (model.vocab_pad_multiple padding)."""
+  arr = np.asarray(arr)
+  if rows == arr.shape[0]:
+    return arr
+  return np.concatenate([arr, np.zeros((rows - arr.shape[0],) + arr.shape[1:], arr.dtype)])
+
+
+def unpad_vocab(arr, vocab):
+  """[Vp, ...] -> its first `vocab` rows: what a checkpoint without padding holds."""
+  return np.ascontiguousarray(np.asarray(arr)[:vocab])
+
+
 def dense_from_torch(src, prefix, in_dim, out_dim):
   """`{prefix}.weight [out,in]`, `.bias [out]` -> {"kernel": [in,out], "bias": [out]}."""
   return {"kernel": src.take(f"{prefix}.weight", (out_dim, in_dim)).T.copy(),

@@ -7,6 +7,7 @@ import numpy as np
 
 from interbert_jax.convert import layout
 from interbert_jax.convert.tensor_io import ConversionError, TensorSource
+from interbert_jax.model import common
 
 WORD = "bert.embeddings.word_embeddings.weight"
 TIED_DECODER = "cls.predictions.decoder.weight"
@@ -80,6 +81,9 @@ def reference_to_params(state_dict, m, origin="reference checkpoint"):
       raise ConversionError(f"{origin}: {TIED_DECODER} differs from {WORD}; the MSM decoder "
                             "is tied to the word embeddings here, so it cannot be converted")
   src.check()
+  rows = common.vocab_rows(m)                    # model.vocab_pad_multiple: zero rows
+  p["embeddings"]["word_embeddings"]["embedding"] = layout.pad_vocab(word, rows)
+  p["msm_head"]["bias"] = layout.pad_vocab(p["msm_head"]["bias"], rows)
   return p
 
 
@@ -90,7 +94,8 @@ def params_to_reference(params, m):
   torch file stores one shared tensor (as the reference's own state dict does).
   """
   out = {}
-  word = np.asarray(params["embeddings"]["word_embeddings"]["embedding"])
+  word = layout.unpad_vocab(params["embeddings"]["word_embeddings"]["embedding"],
+                            m.vocab_size)
   emb = params["embeddings"]
   out[WORD] = word
   out["bert.embeddings.position_embeddings.weight"] = np.asarray(
@@ -109,7 +114,7 @@ def params_to_reference(params, m):
   out.update(layout.dense_to_torch(params["text_pooler"], "bert.t_pooler.dense"))
   out.update(layout.dense_to_torch(params["image_pooler"], "bert.v_pooler.dense"))
   msm = params["msm_head"]
-  out["cls.predictions.bias"] = np.asarray(msm["bias"])
+  out["cls.predictions.bias"] = layout.unpad_vocab(msm["bias"], m.vocab_size)
   out.update(layout.dense_to_torch(msm["transform"], "cls.predictions.transform.dense"))
   out.update(layout.norm_to_torch(msm["transform_norm"], "cls.predictions.transform.LayerNorm"))
   out[TIED_DECODER] = word

@@ -30,6 +30,15 @@ def kernel_init(stddev, names):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
 
 
+def vocab_rows(cfg) -> int:
+  """Rows of the word table and MSM bias: model.vocab_size rounded up to a multiple of
+  model.vocab_pad_multiple (1 = no padding), so the vocabulary axis splits evenly over a
+  large mesh (docs/performance.md, pod memory). Rows >= vocab_size are never looked up and
+  their MSM logits are masked."""
+  multiple = int(cfg.get("vocab_pad_multiple", 1))
+  return -(-int(cfg.vocab_size) // multiple) * multiple
+
+
 def zeros_init(names):
   return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 

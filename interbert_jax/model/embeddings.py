@@ -18,7 +18,7 @@ class TextEmbeddings(nn.Module):
     dtype, pdtype = common.to_dtype(cfg.dtype), common.to_dtype(cfg.param_dtype)
     init = lambda names: common.kernel_init(cfg.initializer_range, names)
     self.word_embeddings = nn.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
+        common.vocab_rows(cfg), cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
         embedding_init=init(("vocab", "embed")))
     self.position_embeddings = nn.Embed(
         cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
@@ -47,7 +47,8 @@ class TextEmbeddings(nn.Module):
     return self.token_type_embeddings(segment_ids)
 
   def word_table(self):
-    """The word embedding matrix [V, H] (float32 params) for the tied MSM decoder."""
+    """The word embedding matrix [Vp, H] (float32 params; Vp = common.vocab_rows) for the
+    tied MSM decoder."""
     return self.word_embeddings.embedding
 
 

@@ -6,21 +6,29 @@ from interbert_jax.model import common
 
 
 class MsmHead(nn.Module):
-  """Masked segment modeling: transform, then the word embeddings as decoder + own bias [V]."""
+  """Masked segment modeling: transform, then the word embeddings as decoder + own bias [Vp].
+
+  Vp = common.vocab_rows(config) >= V: the logits of padding rows (ids >= vocab_size) are
+  the dtype's minimum, so softmax, cross-entropy and argmax are those over the V real ids.
+  """
   config: object
 
   @nn.compact
   def __call__(self, x, word_table):
-    """x [B, P, H], word_table [V, H] -> logits [B, P, V] (compute dtype)."""
+    """x [B, P, H], word_table [Vp, H] -> logits [B, P, Vp] (compute dtype)."""
     cfg = self.config
     dtype = common.to_dtype(cfg.dtype)
     # The transform is a sibling of `bias` in this module's tree (msm_head/transform,...).
     h = common.dense(cfg, cfg.hidden_size, ("embed", "mlp"), ("mlp",), name="transform")(x)
     h = common.layer_norm(cfg, "transform_norm")(common.gelu(h))
-    bias = self.param("bias", common.zeros_init(("vocab",)), (cfg.vocab_size,),
+    rows = common.vocab_rows(cfg)
+    bias = self.param("bias", common.zeros_init(("vocab",)), (rows,),
                       common.to_dtype(cfg.param_dtype))
     logits = jnp.einsum("bph,vh->bpv", h.astype(dtype), word_table.astype(dtype))
     logits = logits + bias.astype(dtype)
+    if rows > cfg.vocab_size:
+      real = jnp.arange(rows) < cfg.vocab_size
+      logits = jnp.where(real, logits, jnp.finfo(dtype).min)
     return common.constrain(logits, ("batch", "length", "vocab"))
 
 

@@ -66,7 +66,7 @@ class InterBert(nn.Module):
         `model.modality_segments` (then image tokens get segment 0, as in the paper figure).
       deterministic: False enables dropout (needs rngs={"dropout": key}).
       msm_positions: int [B, P] or None; when given the MSM head runs only at these text
-        positions and `msm_logits` is [B, P, V].
+        positions and `msm_logits` is [B, P, Vp] (Vp = common.vocab_rows: padding rows masked).
 
     Returns:
       float32 dict: text_hidden [B,T,H], image_hidden [B,R,H], text_pooled [B,D],
@@ -151,6 +151,8 @@ def model_config_errors(cfg, prefix="model.") -> list[str]:
     check(_is_int(cfg[key]) and cfg[key] > 0, key, cfg[key], "must be an integer > 0")
   for key in _RATES:
     check(0.0 <= cfg[key] < 1.0, key, cfg[key], "must be in [0, 1)")
+  pad = cfg.get("vocab_pad_multiple", 1)
+  check(_is_int(pad) and pad >= 1, "vocab_pad_multiple", pad, "must be an integer >= 1")
   bias = cfg.get("pooler_bias_init", 0.0)
   check(isinstance(bias, (int, float)) and abs(bias) < 10, "pooler_bias_init", bias,
         "must be a number in (-10, 10)")

@@ -29,7 +29,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     # taken by embed / batch) fall through to the next rule, unchanged.
     ("mlp", ("fsdp", "tensor")),
     ("mlp", "tensor"),
-    # The tied word embedding/MSM decoder: vocab-parallel logits.
+    # The tied word embedding/MSM decoder: vocab-parallel logits. Its MSM bias [vocab] has
+    # no embed axis: ZeRO-3 over fsdp x tensor as for [mlp], which needs the rows to divide
+    # (model.vocab_pad_multiple; 30522 itself divides by 2 only). The table [vocab, embed]
+    # and the logits (fsdp taken by embed / batch) fall through to tensor.
+    ("vocab", ("fsdp", "tensor")),
     ("vocab", "tensor"),
     # Small or awkward axes stay replicated: per-head width, stacked-layer axis (scanned
     # layers are gathered one at a time), sequence positions, 2048-d region features
@@ -68,8 +72,10 @@ def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, name
     names = (axes,) if isinstance(axes, str) else tuple(axes)
     size = int(np.prod([mesh.shape[a] for a in names]))
     if dim % size:
-      logging.warning("%s: dim %d not divisible by mesh axes %s (size %d); replicated.",
-                      name, dim, names, size)
+      logging.warning("%s: dim %d not divisible by mesh axes %s (size %d); replicated.%s",
+                      name, dim, names, size,
+                      " (set model.vocab_pad_multiple to split the vocabulary)"
+                      if "vocab" in name or "msm_head" in name or "word_emb" in name else "")
       fitted.append(None)
     else:
       fitted.append(axes)
