@@ -92,19 +92,27 @@ def test_recall_metrics_on_a_hand_made_matrix():
       dict(chance_ir_r1=100 / 3, chance_tr_r1=100 * (2 / 5 + 2 / 5 + 1 / 5) / 3))
 
 
-def test_synthetic_retrieval_split_is_the_test_images_with_five_captions(retrieval_dir):
+def test_synthetic_retrieval_set_test_is_the_world_test_images_train_is_new(retrieval_dir):
   config = pretrain.get_config("tiny")
   meta = schema.read_metadata(retrieval_dir)["splits"]
-  assert meta == {"test": dict(meta["test"], images=200, captions=1000,
-                               images_without_captions=0)}
+  sizes = {"train": 2000, "validation": 200, "test": 200}
+  assert meta == {k: dict(meta[k], images=n, captions=5 * n, images_without_captions=0)
+                  for k, n in sizes.items()}
   assert synthetic.ensure_retrieval(config) == retrieval_dir       # cached
   caps = schema.load_captions(retrieval_dir, "test")
   np.testing.assert_array_equal(np.bincount(caps.image_index), np.full(200, 5))
+  world_dir = synthetic.ensure_synthetic(config)
   ours = schema.open_images(retrieval_dir, "test")
-  world = schema.open_images(synthetic.ensure_synthetic(config), "test")
+  world = schema.open_images(world_dir, "test")
   for i in (0, 199):
     for key, value in ours[i].items():
       np.testing.assert_array_equal(value, world[i][key])
+  # Fine-tuning images are not the pretraining world's (nor its test images).
+  world_feats = [np.asarray(schema.open_images(world_dir, s)[0]["features"])
+                 for s in ("train", "validation", "test")]
+  for split in ("train", "validation"):
+    first = np.asarray(schema.open_images(retrieval_dir, split)[0]["features"])
+    assert not any(f.shape == first.shape and np.array_equal(f, first) for f in world_feats)
 
 
 # ----------------------------------------------------------------------------- the run

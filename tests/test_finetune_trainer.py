@@ -44,9 +44,10 @@ def setup(tmp_path_factory):
             "--config.eval_every_steps=6", "--config.eval_batches=2",
             "--config.keep_checkpoints=5", "--config.peak_flops_per_device=1e11",
             # No warm-up, so the schedule does not depend on total_steps (the resume test
-            # runs to 6 first); x0.1 at epoch 0.5 = step 0.5 * 4 pairs * 80 captions / 32 = 5.
+            # runs to 6 first); x0.1 at epoch 0.5 = step 0.5 * 4 pairs * 80 captions / 32 = 5
+            # (the retrieval set's 16 train images x 5 captions).
             "--config.optimizer.warmup_fraction=0.0", "--config.optimizer.decay_epochs=(0.5,)",
-            "--config.data.synthetic.num_train_images=40",
+            "--config.data.synthetic.num_train_images=16",
             "--config.data.synthetic.num_validation_images=8",
             "--config.data.synthetic.num_test_images=4",
             f"--config.data.synthetic.dir={root / 'synthetic'}"]

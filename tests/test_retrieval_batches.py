@@ -11,7 +11,7 @@ from interbert_jax.data import pipeline
 from interbert_jax.data import retrieval_batches
 from interbert_jax.data import schema
 
-NUM_IMAGES = 40       # x 2 captions = 80 anchors: an epoch is 10 batches of 8 anchors.
+NUM_IMAGES = 16       # x 5 captions = 80 anchors: an epoch is 10 batches of 8 anchors.
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_nearest_neighbours_pure_function():
 
 
 def test_four_pairs_per_caption(config, straight):
-  d = pipeline.data_dir(config)
+  d = retrieval_batches.data_dir(config)
   caps = schema.load_captions(d, "train")
   by_text = {}
   for k in range(len(caps)):
@@ -102,14 +102,14 @@ def test_deterministic_resume_and_hosts(config, straight):
     np.testing.assert_array_equal(np.concatenate([h[key] for h in hosts]), straight[3][key])
   e1 = list(retrieval_batches.eval_iterator(config))
   e2 = list(retrieval_batches.eval_iterator(config))
-  assert len(e1) == 4 * 2 * 12 // config.batch_size
+  assert len(e1) == 4 * 5 * 12 // config.batch_size
   for a, b in zip(e1, e2):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
   # epochs: every training caption is an anchor exactly once per epoch (10 batches)
   anchors = [_caption_text(b["text_ids"][r], b["text_mask"][r])
              for b in straight[:10] for r in range(0, config.batch_size, 4)]
-  caps = schema.load_captions(pipeline.data_dir(config), "train")
+  caps = schema.load_captions(retrieval_batches.data_dir(config), "train")
   assert sorted(anchors) == sorted(tuple(caps.caption(k)) for k in range(len(caps)))
 
 

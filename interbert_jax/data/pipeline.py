@@ -56,9 +56,10 @@ def data_dir(config) -> str:
   return synthetic.ensure_synthetic(config)
 
 
-def dataset_info(config) -> dict:
-  """Facts of the dataset the config points at (generating synthetic data if needed)."""
-  d = data_dir(config)
+def dataset_info(config, directory: str = "") -> dict:
+  """Facts of the dataset at `directory`, by default the one the config points at
+  (generating synthetic data if needed)."""
+  d = directory or data_dir(config)
   meta = schema.read_metadata(d)
   split = config.data.train_split
   if split not in meta["splits"]:
@@ -120,8 +121,8 @@ def batch_spec(config, b: int, *, feature_dim: int, num_classes: int) -> dict:
 class _Split:
   """One split's images (random access) and captions (in memory) plus masking constants."""
 
-  def __init__(self, config, split: str):
-    self.dir = data_dir(config)
+  def __init__(self, config, split: str, directory: str = ""):
+    self.dir = directory or data_dir(config)
     meta = schema.read_metadata(self.dir)
     if split not in meta["splits"]:
       raise PipelineConfigError(f"split {split!r} (config.data.train_split / eval_split) is "
@@ -397,9 +398,9 @@ def maker_iterator(maker_cls, config, kind: str, *, start_step: int = 0, num_bat
   return loader_pool.prefetched(maker, (maker_cls, args), indices, **_pool_options(config))
 
 
-def steps_per_epoch(config) -> float:
-  """Training steps per pass over the training captions."""
-  return dataset_info(config)["num_captions"] / config.batch_size
+def steps_per_epoch(config, directory: str = "") -> float:
+  """Training steps per pass over the training captions (of `directory`'s dataset)."""
+  return dataset_info(config, directory)["num_captions"] / config.batch_size
 
 
 def train_iterator(config, *, start_step: int = 0, process_index: int = 0,

@@ -29,6 +29,14 @@ KEYS = ("text_ids", "text_mask", "segment_ids", "region_features", "region_locat
 _TRAIN_STREAM, _EVAL_STREAM = 3, 4
 
 
+def data_dir(config) -> str:
+  """config.data.dir, or the synthetic downstream retrieval set (its own train images)."""
+  if config.data.dir:
+    return config.data.dir
+  from interbert_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.ensure_retrieval(config)
+
+
 class RetrievalBatches:
   """index -> host batch: training step `index` or eval batch `index` of a split."""
 
@@ -38,7 +46,7 @@ class RetrievalBatches:
           f"config.batch_size={config.batch_size}: retrieval batches hold {PAIRS_PER_CAPTION} "
           f"pairs per caption, so it must be divisible by {PAIRS_PER_CAPTION} x "
           f"{process_count} processes")
-    self.split = pipeline._Split(config, split)  # pylint: disable=protected-access
+    self.split = pipeline._Split(config, split, data_dir(config))  # pylint: disable=protected-access
     pipeline.validate(config, self.split.meta)
     self.kind, self.seed = kind, int(config.data.seed)
     self.groups = config.batch_size // PAIRS_PER_CAPTION // process_count   # per host
@@ -114,4 +122,4 @@ eval_iterator = functools.partial(pipeline.maker_iterator, RetrievalBatches, kin
 
 def steps_per_epoch(config) -> float:
   """Training steps per pass over the training captions (4 pairs each)."""
-  return PAIRS_PER_CAPTION * pipeline.steps_per_epoch(config)
+  return PAIRS_PER_CAPTION * pipeline.steps_per_epoch(config, data_dir(config))

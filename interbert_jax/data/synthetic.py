@@ -7,11 +7,14 @@ is empty, `~/.cache/interbert_jax/synthetic/<hash of the generating parameters>`
 reused. Generation goes to a temporary sibling directory that is renamed into place, so
 concurrent processes (parallel tests, several hosts) never see a half-written dataset.
 
-Downstream retrieval data (`ensure_retrieval`): the same world's `test` split (the same
-images, never trained on) with RETRIEVAL_CAPTIONS_PER_IMAGE = 5 captions per image, as
-Flickr30K has, in a dataset of its own (its own hash; `<synthetic.dir>-retrieval` when
-config.data.synthetic.dir is set). Evaluate on it with
-`python -m interbert_jax.evaluate retrieval --data=DIR --split=test ...`.
+Downstream retrieval data (`ensure_retrieval`), RETRIEVAL_CAPTIONS_PER_IMAGE = 5 captions
+per image as Flickr30K has, in a dataset of its own (its own hash; `<synthetic.dir>-retrieval`
+when config.data.synthetic.dir is set): `test` is the same world's `test` split (the same
+images, never trained on); `train` and `validation` are new images of the same world
+(their own generator streams, as many as the world's train / validation splits), so
+fine-tuning sees images pretraining did not, as Flickr30K's are not Conceptual Captions'.
+Evaluate with `python -m interbert_jax.evaluate retrieval --data=DIR --split=test ...`;
+`configs/finetune_retrieval.py` fine-tunes on its `train` split.
 
 CLI (writes the dataset and prints its directory; `--list` prints the named worlds of
 configs/synthetic_worlds.py, one of which the config argument `,preset=NAME` selects):
@@ -35,6 +38,8 @@ from interbert_jax.data import synthetic_world as world
 GENERATOR_VERSION = 2            # Bump when the generator's output changes.
 SPLITS = ("train", "validation", "test")
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+# Generator streams of the downstream retrieval set's own train / validation images.
+_RETRIEVAL_STREAMS = {"train": 3, "validation": 4}
 PARAMS_FILE = "synthetic_params.json"
 RETRIEVAL_CAPTIONS_PER_IMAGE = 5  # Flickr30K / COCO: 5 captions per image.
 TASKS = ("pretrain", "retrieval")
@@ -100,14 +105,15 @@ def synthetic_params(config) -> dict:
 
 
 def retrieval_params(config) -> dict:
-  """The downstream retrieval split: the world's `test` images with 5 captions each.
+  """The downstream retrieval set, 5 captions per image: `test` = the world's test images,
+  `train` / `validation` = as many new images of the world as its train / validation.
 
   Captions are drawn after an image's content from the image's own generator, so the
-  images are exactly those of the pretraining world's test split.
+  test images are exactly those of the pretraining world's test split.
   """
   params = synthetic_params(config)
   params.update(task="retrieval", captions_per_image=RETRIEVAL_CAPTIONS_PER_IMAGE,
-                num_images={"test": params["num_images"]["test"]})
+                image_streams=dict(_RETRIEVAL_STREAMS))
   return params
 
 
@@ -193,8 +199,9 @@ def split_images(params: dict, split: str):
   language = _param(params, "language")
   encoder = world.caption_encoder(**vocab_args(params))
   words = world.lexicon(**world_words(params))          # once per split, not per image
+  stream = params.get("image_streams", {}).get(split, _SPLIT_IDS[split])
   for index in range(params["num_images"][split]):
-    rng = np.random.default_rng([params["seed"], 7, _SPLIT_IDS[split], index])
+    rng = np.random.default_rng([params["seed"], 7, stream, index])
     yield world.make_image(
         rng, index, prototypes, num_classes=params["num_classes"],
         max_regions=params["max_regions"], fill_regions=params["fill_regions"],
@@ -303,5 +310,6 @@ if __name__ == "__main__":
       "model/data shapes (override with --config.data.synthetic.*).")
   flags.DEFINE_bool("list", False, "Print the named synthetic worlds (presets) and exit.")
   flags.DEFINE_enum("task", "pretrain", TASKS, "pretrain: the pretraining world (train, "
-                    "validation, test); retrieval: its test split with 5 captions per image.")
+                    "validation, test); retrieval: the downstream set, 5 captions per image "
+                    "(test = the world's test images; train, validation = new images).")
   app.run(main)
