@@ -89,10 +89,7 @@ def hf_bert_to_params(state_dict, m, init_params, origin="BERT checkpoint"):
         raise ConversionError(f"{origin}: cls.predictions.decoder.weight differs from the "
                               "word embeddings; InterBERT ties them")
   ignored = src.check(_ignorable(L + Kt))
-  rows = common.vocab_rows(m)                    # model.vocab_pad_multiple: zero rows
-  p["embeddings"]["word_embeddings"]["embedding"] = layout.pad_vocab(word, rows)
-  if "msm_head" in converted:
-    p["msm_head"]["bias"] = layout.pad_vocab(p["msm_head"]["bias"], rows)
+  layout.pad_vocab_params(p, common.vocab_rows(m))   # model.vocab_pad_multiple: zero rows
   return p, {"converted": converted, "ignored": ignored}
 
 

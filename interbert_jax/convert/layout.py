@@ -16,6 +16,16 @@ def pad_vocab(arr, rows):
   return np.concatenate([arr, np.zeros((rows - arr.shape[0],) + arr.shape[1:], arr.dtype)])
 
 
+def pad_vocab_params(p, rows):
+  """A converted tree's word table [V, H] and MSM bias [V] (if any) padded to `rows` in place
+  (common.vocab_rows; already-padded leaves are left as they are)."""
+  emb = p["embeddings"]["word_embeddings"]
+  emb["embedding"] = pad_vocab(emb["embedding"], rows)
+  if "msm_head" in p:
+    p["msm_head"]["bias"] = pad_vocab(p["msm_head"]["bias"], rows)
+  return p
+
+
 def unpad_vocab(arr, vocab):
   """[Vp, ...] -> its first `vocab` rows: what a checkpoint without padding holds."""
   return np.ascontiguousarray(np.asarray(arr)[:vocab])

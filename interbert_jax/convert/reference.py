@@ -81,10 +81,7 @@ def reference_to_params(state_dict, m, origin="reference checkpoint"):
       raise ConversionError(f"{origin}: {TIED_DECODER} differs from {WORD}; the MSM decoder "
                             "is tied to the word embeddings here, so it cannot be converted")
   src.check()
-  rows = common.vocab_rows(m)                    # model.vocab_pad_multiple: zero rows
-  p["embeddings"]["word_embeddings"]["embedding"] = layout.pad_vocab(word, rows)
-  p["msm_head"]["bias"] = layout.pad_vocab(p["msm_head"]["bias"], rows)
-  return p
+  return layout.pad_vocab_params(p, common.vocab_rows(m))  # model.vocab_pad_multiple
 
 
 def params_to_reference(params, m):
