@@ -133,11 +133,11 @@ def test_global_versus_per_tensor_clipping():
   np.testing.assert_allclose(t["b"], [0.0, 0.5], rtol=1e-6)      # under the cap: untouched
 
 
-@pytest.mark.parametrize("per_tensor", [False, True])
-def test_clipping_is_wired_into_the_chain(per_tensor):
+@pytest.mark.parametrize("per_tensor,fused", [(False, False), (True, False), (False, True)])
+def test_clipping_is_wired_into_the_chain(per_tensor, fused):
   """Adam's first moment after one step is (1 - b1) * the clipped gradient."""
   config = _config(learning_rate=1.0, bert_lr_multiplier=1.0, grad_clip_norm=1.0, b1=0.5,
-                   per_tensor_clipping=per_tensor)
+                   per_tensor_clipping=per_tensor, fused_clipping=fused)
   params = {"itm_head": {"kernel": jnp.zeros(2)}, "mrm_head": {"bias": jnp.zeros(2)}}
   grads = {"itm_head": {"kernel": jnp.array([3.0, 4.0])}, "mrm_head": {"bias": jnp.array([0.0, 0.5])}}
   opt = optimizer_lib.build_optimizer(config)
@@ -149,3 +149,24 @@ def test_clipping_is_wired_into_the_chain(per_tensor):
   want_bias = [0.0, 0.5] if per_tensor else np.array([0.0, 0.5]) / total
   np.testing.assert_allclose(mu["itm_head"]["kernel"], 0.5 * np.asarray(want_kernel), rtol=1e-6)
   np.testing.assert_allclose(mu["mrm_head"]["bias"], 0.5 * np.asarray(want_bias), rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])
+def test_scalar_factor_clipping_matches_optax(scale):
+  """optimizer.clip_by_global_norm (`optimizer.fused_clipping`: one scalar factor, fuses
+  into Adam's passes) is optax.clip_by_global_norm: bitwise under the cap, to rounding
+  above it, with the same (empty) state, so checkpoints do not depend on the flag."""
+  rng = np.random.default_rng(0)
+  grads = {"a": jnp.asarray(rng.standard_normal((7, 3)) * scale, jnp.float32),
+           "b": jnp.asarray(rng.standard_normal(5) * scale, jnp.float32)}
+  ours, theirs = optimizer_lib.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  got, state = ours.update(grads, ours.init(grads))
+  want, _ = theirs.update(grads, theirs.init(grads))
+  assert state == theirs.init(grads)             # same (empty) state: checkpoints unchanged
+  for k in grads:
+    if scale < 1:
+      np.testing.assert_array_equal(got[k], want[k])
+    else:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
+  assert float(optax.tree.norm(got)) == pytest.approx(min(1.0, float(optax.tree.norm(grads))),
+                                                        rel=1e-6)

@@ -74,6 +74,26 @@ def decay_mask(params, reference_decay_mask: bool = False) -> Any:
   return _map_with_names(decayed, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """Global-norm clipping as one scalar factor: g * min(1, max_norm / ||g||)
+  (`optimizer.fused_clipping=True`).
+
+  The same rule as `optax.clip_by_global_norm`, which computes `select(||g|| < max_norm,
+  g, (g / ||g||) * max_norm)` per element. XLA counts that per-element division as
+  expensive, so it materialises the clipped gradient once and the Adam moment updates
+  read it back; a scalar factor fuses into them instead: 4 passes over the parameters'
+  size become 3 (clip+mu, clip+nu, update+apply), and the `base` step on CPU is ~8%
+  faster (docs/performance.md). Unclipped steps are bitwise those of optax; clipped ones
+  differ by rounding, which is why it is not the default.
+  """
+  def update_fn(updates, state, params=None):
+    del params
+    norm = optax.tree.norm(updates)
+    factor = jnp.where(norm < max_norm, 1.0, max_norm / norm)
+    return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def clip_each_tensor(max_norm: float) -> optax.GradientTransformation:
   """BertAdam's clipping: each tensor's L2 norm separately capped at `max_norm`."""
   def update_fn(updates, state, params=None):
@@ -113,8 +133,13 @@ def build_optimizer(config, steps_per_epoch: float | None = None) -> Optimizer:
   schedule = learning_rate_schedule(config, steps_per_epoch)
   parts = []
   if float(opt.grad_clip_norm) > 0:
-    parts.append(clip_each_tensor(float(opt.grad_clip_norm)) if opt.per_tensor_clipping
-                 else optax.clip_by_global_norm(float(opt.grad_clip_norm)))
+    max_norm = float(opt.grad_clip_norm)
+    if opt.per_tensor_clipping:
+      parts.append(clip_each_tensor(max_norm))
+    elif opt.get("fused_clipping", False):          # absent in configs made before it
+      parts.append(clip_by_global_norm(max_norm))
+    else:
+      parts.append(optax.clip_by_global_norm(max_norm))
   if opt.bias_correction:
     parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps)))
   else:
