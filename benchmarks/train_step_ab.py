@@ -1,6 +1,7 @@
 r"""Interleaved in-process A/B of the real pretraining step: does a config change speed it up?
 
-Builds the step of `benchmarks/train_step.py` (same batch, mesh, shardings, donation) once
+Builds the trainer's step (`training/train_step.py:compile_train_step`: mesh, shardings,
+donation) on `benchmarks/train_step.py`'s random batch once
 for the base config and once per `--variant`, then times them in turns: step of A, step of
 B, step of A, ... so that load changes on a shared machine hit every variant alike. Prints
 one JSON line: per variant the median / min step seconds, the change against the base
@@ -18,7 +19,6 @@ as Python literals where they parse: True, 18, 1e-4, 'str'). --config, --batch, 
 variant, after one untimed step each).
 """
 import ast
-import functools
 import json
 import os
 import statistics
@@ -35,7 +35,6 @@ import jax  # pylint: disable=g-import-not-at-top
 
 import interbert_jax  # pylint: disable=g-import-not-at-top
 from benchmarks import train_step as bench  # pylint: disable=g-import-not-at-top
-from interbert_jax.objectives import losses  # pylint: disable=g-import-not-at-top
 from interbert_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
 from interbert_jax.parallel import partitioning  # pylint: disable=g-import-not-at-top
 from interbert_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
@@ -76,28 +75,22 @@ def _with(config, overrides: dict):
 
 
 def build(config, batch_size: int):
-  """(compiled step, state, device batch, rng) for `config`, as train_step.py builds it."""
+  """(compiled step, state, device batch, rng) for `config`: the trainer's own
+  `compile_train_step` (mesh, rules, shardings, donation) on train_step.py's random batch."""
   with config.unlocked():
     config.batch_size = batch_size
   mesh = mesh_lib.create_mesh(config.mesh)
-  rules = partitioning.logical_axis_rules()
   model = interbert_jax.build_model(config.model)
   opt = optimizer_lib.build_optimizer(config)
   seed = bench._SEED.value  # pylint: disable=protected-access
   host_batch = bench.random_batch(config, batch_size, bench._SPAN.value, seed)  # pylint: disable=protected-access
   shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
   init_rng, train_rng = jax.random.split(jax.random.key(seed))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
     abstract, state_sh = state_lib.abstract_state(model, opt.tx, mesh, init_rng)
     state = state_lib.create_state(model, opt.tx, state_sh, init_rng)
-    step_fn = functools.partial(
-        train_step_lib.train_step, model=model, tx=opt.tx, schedule=opt.schedule,
-        config=config, terms_fn=losses.pretraining_terms, combine_fn=losses.combine)
-    batch_sh = {k: partitioning.batch_sharding(mesh) for k in shapes}
-    repl = partitioning.replicated(mesh)
-    compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl),
-                       out_shardings=(state_sh, repl), donate_argnums=(0,)).lower(
-                           abstract, shapes, train_rng).compile()
+    compiled = train_step_lib.compile_train_step(config, model, opt, abstract, state_sh,
+                                                 shapes, train_rng, mesh)
   return compiled, state, partitioning.global_batch(host_batch, mesh), train_rng
 
 
