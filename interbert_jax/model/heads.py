@@ -5,6 +5,16 @@ from flax import linen as nn
 from interbert_jax.model import common
 
 
+def transform_output(h):
+  """A head's transformed states [B, P, H], pinned to the hidden layout (batch-sharded, H
+  whole) before the decoder. Without the pin XLA's SPMD partitioner (jax 0.10.2, CPU)
+  computed wrong gradients on a data x fsdp x tensor = 2 x 2 x 2 mesh for some batch
+  sizes (8 and 16 of `tiny`; 32 was right): the transform's output, sharded on H over
+  tensor, meets the decoder's [V, H] table, sharded on H over fsdp
+  (tests/test_parallel.py, docs/partitioning.md)."""
+  return common.constrain(h, common.HIDDEN_AXES)
+
+
 class MsmHead(nn.Module):
   """Masked segment modeling: transform, then the word embeddings as decoder + own bias [Vp].
 
@@ -20,7 +30,7 @@ class MsmHead(nn.Module):
     dtype = common.to_dtype(cfg.dtype)
     # The transform is a sibling of `bias` in this module's tree (msm_head/transform,...).
     h = common.dense(cfg, cfg.hidden_size, ("embed", "mlp"), ("mlp",), name="transform")(x)
-    h = common.layer_norm(cfg, "transform_norm")(common.gelu(h))
+    h = transform_output(common.layer_norm(cfg, "transform_norm")(common.gelu(h)))
     rows = common.vocab_rows(cfg)
     bias = self.param("bias", common.zeros_init(("vocab",)), (rows,),
                       common.to_dtype(cfg.param_dtype))
@@ -41,7 +51,7 @@ class MrmHead(nn.Module):
     """x [B, R, H] -> [B, R, C] (or [B, R, F] when model.mrm_target == 'regress')."""
     cfg = self.config
     h = common.dense(cfg, cfg.hidden_size, ("embed", "mlp"), ("mlp",), name="transform")(x)
-    h = common.layer_norm(cfg, "transform_norm")(common.gelu(h))
+    h = transform_output(common.layer_norm(cfg, "transform_norm")(common.gelu(h)))
     if cfg.mrm_target == "regress":
       out_dim, names = cfg.feature_dim, ("embed", "features")
     else:
