@@ -7,7 +7,8 @@ random batch in the batch contract of docs/design.md, and reports:
   examples_per_s, step_s_median/min   batch / median (min) wall time of one step
   flops_per_example                   matmul FLOPs of forward + backward = 3x forward, heads
                                       as actually computed: MSM at the P = max_msm_targets
-                                      positions (training/flops.py), MRM at all R regions
+                                      positions, or f * P with loss.msm_packing = f
+                                      (training/flops.py), MRM at all R regions
   flops_per_example_ref_heads         the same with MSM on all T text positions, as the
                                       PyTorch reference computes it (its "43 GFLOP")
   achieved_gflops, mfu                FLOPs/example x examples/s, over the measured peak
@@ -203,6 +204,7 @@ def main(argv):
   ref_cfg = config.copy_and_resolve_references()
   with ref_cfg.unlocked():
     ref_cfg.data.max_msm_targets = 0
+    ref_cfg.loss.msm_packing = 0.0
   fpe_ref = flops_lib.train_flops_per_example(ref_cfg)
   n_params = count_params(state["params"])
   print(json.dumps({
@@ -210,7 +212,7 @@ def main(argv):
       "platform": device.platform, "devices": jax.device_count(),
       "dtype": config.model.dtype, "batch": _BATCH.value,
       "text_len": int(config.data.text_len), "regions": int(config.data.max_regions) + 1,
-      "msm_positions": int(config.data.max_msm_targets) or int(config.data.text_len),
+      "msm_positions": flops_lib.msm_head_positions(config),
       "params": n_params, "loss": round(loss, 4),
       "compile_s": round(compile_s, 2), "steps": _STEPS.value,
       "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),

@@ -236,7 +236,13 @@ def get_config(arg="tiny"):
 
   c.loss = ml_collections.ConfigDict(dict(
       msm_weight=1.0, mrm_weight=1.0, itm_weight=1.0,
-      mrm_matched_only=True))          # reference: MRM loss on matched pairs only.
+      mrm_matched_only=True,           # reference: MRM loss on matched pairs only.
+      # > 0: the MSM head runs only at the slots that hold a target, packed per batch shard
+      # into this fraction of its [B/shards, P] slots (a step whose targets do not fit runs
+      # every slot), training/packed_msm.py. Same loss up to float summation order, so off
+      # by default: like optimizer.fused_clipping it moves a run's trajectory at the
+      # rounding level, and the documented results are those of the unpacked head.
+      msm_packing=0.0))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw",

@@ -2,7 +2,8 @@
 
 The same 3 steps of the tiny model (dropout on) run on 1 device and on 8 fake CPU devices
 as meshes (8,1,1), (2,4,1), (2,2,2) (one process; the 1-device run uses a (1,1,1) sub-mesh)
-must give the same losses and parameters. Tolerance: sharded reductions sum in a different
+must give the same losses and parameters (on (2,2,2) also with the MSM head packed,
+loss.msm_packing). Tolerance: sharded reductions sum in a different
 order, so float32 round-off differs: losses rtol 2e-5, parameters atol 2e-5 (the updates
 are ~1e-3, so a real layout bug shows up orders of magnitude above it).
 """
@@ -156,10 +157,16 @@ def single_device_run(tiny_config, host_batches):
   return _run(tiny_config, _mesh(1, 1, 1, jax.devices()[:1]), host_batches)
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
-def test_meshes_match_single_device(shape, tiny_config, host_batches, single_device_run):
+@pytest.mark.parametrize("shape,msm_packing", [((8, 1, 1), 0.0), ((2, 4, 1), 0.0),
+                                               ((2, 2, 2), 0.0), ((2, 2, 2), 0.5)])
+def test_meshes_match_single_device(shape, msm_packing, tiny_config, host_batches,
+                                    single_device_run):
+  """Also the MSM head packed per batch shard (loss.msm_packing) against the 1-device run
+  of the unpacked head: the same training up to summation order."""
   ref_history, ref_params = single_device_run
-  history, params = _run(tiny_config, _mesh(*shape), host_batches)
+  config = tiny_config.copy_and_resolve_references()
+  config.loss.msm_packing = msm_packing
+  history, params = _run(config, _mesh(*shape), host_batches)
   for ref, got in zip(ref_history, history):
     for key in ("loss", "msm_loss", "mrm_loss", "itm_loss", "grad_norm"):
       np.testing.assert_allclose(got[key], ref[key], rtol=2e-5, err_msg=f"{shape} {key}")

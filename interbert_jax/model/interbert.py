@@ -111,6 +111,11 @@ class InterBert(nn.Module):
                mrm_logits=mrm_logits)
     return {k: v.astype(jnp.float32) for k, v in out.items()}
 
+  def msm_logits(self, hidden):
+    """The MSM head alone (`model.apply(..., method="msm_logits")`, training/packed_msm.py):
+    text-stream states [G, n, H] -> float32 logits [G, n, Vp], as `__call__` computes them."""
+    return self.msm_head(hidden, self.embeddings.word_table()).astype(jnp.float32)
+
 
 FUSIONS = ("mul", "sum")                         # allowed model.fusion
 MRM_TARGETS = ("kl", "ce", "regress")            # allowed model.mrm_target

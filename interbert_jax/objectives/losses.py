@@ -102,21 +102,26 @@ def pretraining_terms(outputs, batch, config):
 
   Args:
     outputs: the model's output dict, computed with `msm_positions=batch["msm_positions"]`
-      so `msm_logits` is [B, P, V] aligned with `msm_targets`.
+      so `msm_logits` is [B, P, V] aligned with `msm_targets`; or with "msm_numerators"
+      (CE and correct sums of the packed head, training/packed_msm.py) instead.
     batch: the batch dict of docs/design.md.
     config: the full config (uses config.loss.mrm_matched_only, config.model.mrm_target).
   Returns:
     dict with keys msm, mrm, itm, msm_acc, mrm_acc, itm_acc -> (numerator, denominator)
     float32 scalars; add them across microbatches, then call `combine`.
   """
-  if outputs["msm_logits"].shape[:2] != batch["msm_targets"].shape:
+  if "msm_numerators" in outputs:              # the head ran packed (training/packed_msm.py)
+    den = _f32(batch["msm_weights"]).sum()
+    ce, correct = outputs["msm_numerators"]
+    terms = {"msm": (ce, den), "msm_acc": (correct, den)}
+  elif outputs["msm_logits"].shape[:2] != batch["msm_targets"].shape:
     raise ValueError(
         f"msm_logits {outputs['msm_logits'].shape} do not match msm_targets "
         f"{batch['msm_targets'].shape}: run the model with msm_positions=batch['msm_positions']")
+  else:
+    terms = msm_terms(outputs["msm_logits"], batch["msm_targets"], batch["msm_weights"])
   weights = mrm_region_weights(batch["mrm_weights"], batch["itm_labels"],
                                config.loss.mrm_matched_only)
-  terms = {}
-  terms.update(msm_terms(outputs["msm_logits"], batch["msm_targets"], batch["msm_weights"]))
   terms.update(mrm_terms(outputs["mrm_logits"], batch, weights, config.model.mrm_target))
   terms.update(itm_terms(outputs["itm_logits"], batch["itm_labels"]))
   return terms

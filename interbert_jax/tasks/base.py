@@ -32,10 +32,12 @@ class Task:
     """model.init keyword arguments (parameter shapes do not depend on B, T, R)."""
     return dummy_inputs(model_config)
 
-  def apply(self, model, params, batch: dict, *, deterministic: bool, rng=None) -> dict:
-    """Runs the model on a batch -> float32 outputs dict."""
+  def apply(self, model, params, batch: dict, *, deterministic: bool, rng=None,
+            msm_packing: float = 0.0) -> dict:
+    """Runs the model on a batch -> float32 outputs dict (`msm_packing`: pretraining's
+    config.loss.msm_packing, which the trainer passes when it is on)."""
     return train_step_lib.apply_model(model, params, batch, deterministic=deterministic,
-                                      rng=rng)
+                                      rng=rng, msm_packing=msm_packing)
 
   def terms(self, outputs: dict, batch: dict, config) -> dict:
     """{name: (numerator, denominator)} float32 sums over the (micro)batch."""

@@ -146,6 +146,12 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
         "finetune.num_neighbours", "must be an integer > 0")
   for w in ("msm_weight", "mrm_weight", "itm_weight"):
     check(config.loss[w] >= 0, f"loss.{w}", "must be >= 0")
+  packing = config.loss.msm_packing
+  packing_ok = (isinstance(packing, (int, float)) and not isinstance(packing, bool)
+                and 0.0 <= packing <= 1.0)
+  check(packing_ok, "loss.msm_packing", "must be in [0, 1] (0 = off)")
+  check(not (packing_ok and packing) or config.task == "pretrain", "loss.msm_packing",
+        f"packs the pretraining MSM head; task={config.task!r} has none (set it to 0)")
   positive_int("plateau.window_steps", allow_zero=True)
   check(0.0 < config.plateau.tolerance < 1.0, "plateau.tolerance",
         "must be in (0, 1) (relative to ln 2)")

@@ -29,19 +29,30 @@ def itm_flops_per_pair(m, text_len: int, regions: int) -> int:
   return fwd
 
 
+def msm_head_positions(config) -> float:
+  """Text positions per example the train step runs the MSM head at: P = the
+  `msm_positions` slots (data.max_msm_targets, 0 = text_len), or with loss.msm_packing = f
+  the packed slots, f * P (training/packed_msm.py; rounded up per batch shard; a step whose
+  targets do not fit runs all P)."""
+  p = int(config.data.max_msm_targets) or int(config.data.text_len)
+  packing = float(config.loss.msm_packing)
+  return packing * p if packing else float(p)
+
+
 def train_flops_per_example(config) -> int:
   """Analytic training FLOPs for one example: 3x forward (backward = 2x forward).
 
-  Counts matmuls only (embeddings lookups, softmax, LayerNorm are < 1%). MSM runs at the
-  P target positions (`msm_positions`), MRM at all R regions, as the train step does.
+  Counts matmuls only (embeddings lookups, softmax, LayerNorm are < 1%). MSM runs at
+  `msm_head_positions` (the P target slots, or the packed ones), MRM at all R regions, as
+  the train step does.
   """
   m, d = config.model, config.data
   h = int(m.hidden_size)
   t = int(d.text_len)
   r = int(d.max_regions) + 1
-  p = int(d.max_msm_targets) or t
+  p = msm_head_positions(config)
   fwd = itm_flops_per_pair(m, t, r)
-  fwd += 2 * p * (h * h + h * int(m.vocab_size))                                # MSM head
+  fwd += round(2 * p * (h * h + h * int(m.vocab_size)))                         # MSM head
   out = int(m.feature_dim) if m.mrm_target == "regress" else int(m.num_region_classes)
   fwd += 2 * r * (h * h + h * out)                                              # MRM head
   return 3 * fwd

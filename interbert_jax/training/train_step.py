@@ -13,6 +13,7 @@ import optax
 
 from interbert_jax.objectives import losses
 from interbert_jax.parallel import partitioning
+from interbert_jax.training import packed_msm
 
 TermsFn = Callable[[dict, dict, Any], dict]   # (outputs, batch, config) -> {task: (num, den)}
 CombineFn = Callable[[dict, Any], tuple]      # (terms, config.loss) -> (total, metrics)
@@ -21,17 +22,29 @@ StatsFn = Callable[[dict, dict], dict]        # (outputs, batch) -> {name: array
 DiagnosticsFn = Callable[[dict], dict]        # stats with a leading [M] axis -> scalars
 
 
-def apply_model(model, params, batch: dict, *, deterministic: bool, rng=None) -> dict:
+def apply_model(model, params, batch: dict, *, deterministic: bool, rng=None,
+                msm_packing: float = 0.0) -> dict:
   """Runs the model on a batch dict (docs/design.md batch contract).
 
   `msm_positions` is passed so the MSM head (a [*, V] matmul) runs only at target
-  positions, never over the whole text.
+  positions, never over the whole text. `msm_packing` > 0 (config.loss.msm_packing) goes
+  further: the head runs only at the slots that hold a target, packed per batch shard
+  (training/packed_msm.py), and the outputs carry "msm_numerators" (read by
+  `losses.pretraining_terms`) instead of `msm_logits` [B, P, V].
   """
   rngs = None if deterministic else {"dropout": rng}
-  return model.apply(
+  positions = batch["msm_positions"]
+  outputs = model.apply(
       {"params": params}, batch["text_ids"], batch["text_mask"], batch["region_features"],
       batch["region_locations"], batch["region_mask"], segment_ids=batch["segment_ids"],
-      deterministic=deterministic, msm_positions=batch["msm_positions"], rngs=rngs)
+      deterministic=deterministic, msm_positions=positions[:, :0] if msm_packing else positions,
+      rngs=rngs)
+  if msm_packing:
+    del outputs["msm_logits"]
+    head = lambda hidden: model.apply({"params": params}, hidden, method="msm_logits")
+    outputs["msm_numerators"] = packed_msm.msm_numerators(head, outputs["text_hidden"], batch,
+                                                          msm_packing)
+  return outputs
 
 
 def split_microbatches(batch: dict, num: int) -> dict:
@@ -172,6 +185,9 @@ def compile_train_step(config, model, opt, abstract_state, state_shardings, batc
   else:
     fns = dict(terms_fn=task.terms, combine_fn=task.combine, apply_fn=task.apply,
                stats_fn=task.diagnostic_stats, diagnostics_fn=task.diagnostics)
+  if float(config.loss.msm_packing) > 0:     # pretraining only (config_validation)
+    fns["apply_fn"] = functools.partial(fns["apply_fn"],
+                                        msm_packing=float(config.loss.msm_packing))
   step_fn = functools.partial(train_step, model=model, tx=opt.tx, schedule=opt.schedule,
                               config=config, **fns)
   batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch_shapes}
