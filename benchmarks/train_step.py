@@ -28,7 +28,6 @@ The batch mirrors the PyTorch peers (benchmarks/peers.sh): full-length captions 
 tokens real), one MSM span of 9 tokens at text positions 3..11, MRM on regions 1, 9, 17, ..
 (every 8th real region), every region real, ITM negatives on every other example.
 """
-import functools
 import json
 import os
 import resource
@@ -48,7 +47,6 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 import interbert_jax  # pylint: disable=g-import-not-at-top
 from interbert_jax.model import count_params  # pylint: disable=g-import-not-at-top
-from interbert_jax.objectives import losses  # pylint: disable=g-import-not-at-top
 from interbert_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
 from interbert_jax.parallel import partitioning  # pylint: disable=g-import-not-at-top
 from interbert_jax.training import flops as flops_lib  # pylint: disable=g-import-not-at-top
@@ -136,6 +134,10 @@ def peak_memory_bytes():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "host_max_rss"
 
 
+def _number(x: float):
+  return int(x) if float(x).is_integer() else round(x, 2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -152,21 +154,16 @@ def main(argv):
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
   init_rng, train_rng = jax.random.split(jax.random.key(_SEED.value))
 
-  # Same construction as interbert_jax.main: sharded state, donated, shardings pinned.
+  # The trainer's construction: sharded state, then training/train_step.py:compile_train_step
+  # (donated state, shardings pinned, config.loss.msm_packing bound) as interbert_jax.main.
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, state_sh = state_lib.abstract_state(model, opt.tx, mesh, init_rng)
     state = state_lib.create_state(model, opt.tx, state_sh, init_rng)
   batch = partitioning.global_batch(host_batch, mesh)
-  repl = partitioning.replicated(mesh)
-  step_fn = functools.partial(
-      train_step_lib.train_step, model=model, tx=opt.tx, schedule=opt.schedule,
-      config=config, terms_fn=losses.pretraining_terms, combine_fn=losses.combine)
-  batch_sh = {k: partitioning.batch_sharding(mesh) for k in batch_shapes}
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, repl),
-                       out_shardings=(state_sh, repl), donate_argnums=(0,)).lower(
-                           abstract, batch_shapes, train_rng).compile()
+    compiled = train_step_lib.compile_train_step(config, model, opt, abstract, state_sh,
+                                                 batch_shapes, train_rng, mesh)
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -212,7 +209,7 @@ def main(argv):
       "platform": device.platform, "devices": jax.device_count(),
       "dtype": config.model.dtype, "batch": _BATCH.value,
       "text_len": int(config.data.text_len), "regions": int(config.data.max_regions) + 1,
-      "msm_positions": flops_lib.msm_head_positions(config),
+      "msm_positions": _number(flops_lib.msm_head_positions(config)),
       "params": n_params, "loss": round(loss, 4),
       "compile_s": round(compile_s, 2), "steps": _STEPS.value,
       "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),

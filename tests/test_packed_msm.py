@@ -2,15 +2,20 @@
 that its loss numerators and training equal those of the head at every [B, P] slot.
 
 The mesh layouts (the packing per batch shard on data x fsdp x tensor) are in
-test_parallel.py; here one device and 2 data-parallel devices with 2 microbatches.
+test_parallel.py; here one device, and 2 data-parallel devices with 2 microbatches at a
+packed size that some microbatches overflow (the lax.cond fallback).
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import interbert_jax
 from interbert_jax.objectives import losses
+from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.training import packed_msm
+from interbert_jax.training import train_step as train_step_lib
+import train_helpers
 from test_train_step import _config, _run, batches  # noqa: F401  (module fixture)
 
 
@@ -62,11 +67,29 @@ def test_numerators_equal_the_head_at_every_slot(fraction):
           batch["msm_weights"])["msm"][0]]), rtol=1e-5, atol=1e-6)
 
 
+def _largest_shard_counts(batches, microbatches, shards):
+  """Per (step, microbatch): the most MSM targets any batch shard holds (host-side replay
+  of the strided microbatch split and the block sharding of its rows)."""
+  out = []
+  for b in batches:
+    live = np.asarray(b["msm_weights"]) > 0
+    for j in range(microbatches):
+      rows = live[j::microbatches]
+      out.append(max(int(r.sum()) for r in np.split(rows, shards)))
+  return out
+
+
 def test_packed_training_equals_the_unpacked_head(batches):  # noqa: F811
-  """2 steps of the tiny model on 2 data-parallel devices, 2 microbatches, packed vs not."""
-  full_history, full_state = _run(_config(2), batches)
+  """2 steps of the tiny model on 2 data-parallel devices, 2 microbatches, packed vs not,
+  at a packed size that some microbatches overflow (the lax.cond fallback) and some fit."""
   config = _config(2)
-  config.loss.msm_packing = 0.5
+  rows, p = config.batch_size // 2 // 2, batches[0]["msm_positions"].shape[1]
+  largest = _largest_shard_counts(batches, 2, 2)
+  n = min(largest)
+  assert max(largest) > n, largest                    # both branches of the cond run
+  config.loss.msm_packing = n / (rows * p)
+  assert packed_msm.packed_slots(rows, p, config.loss.msm_packing) == n
+  full_history, full_state = _run(_config(2), batches)
   packed_history, packed_state = _run(config, batches)
   for full, packed in zip(full_history, packed_history):
     for key in ("loss", "msm_loss", "msm_acc", "grad_norm"):
@@ -74,3 +97,24 @@ def test_packed_training_equals_the_unpacked_head(batches):  # noqa: F811
   worst = max(jax.tree.leaves(jax.tree.map(
       lambda a, b: float(np.max(np.abs(a - b))), full_state["params"], packed_state["params"])))
   assert worst < 1e-6, worst
+
+
+def test_the_trainer_step_packs_only_when_asked(batches):  # noqa: F811
+  """compile_train_step binds loss.msm_packing: the packed step holds the fallback's
+  conditional and the default step none; apply_model returns the packed numerators
+  instead of the [B, P, V] logits."""
+  mesh = mesh_lib.create_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  texts = {}
+  for packing in (0.0, 0.5):
+    config = _config(1)
+    config.loss.msm_packing = packing
+    compiled, state = train_helpers.compile_step(config, mesh, batches[0])
+    texts[packing] = compiled.as_text()
+  assert "conditional" not in texts[0.0]
+  assert "conditional" in texts[0.5]
+  model = interbert_jax.build_model(config.model)
+  for packing, key, absent in ((0.0, "msm_logits", "msm_numerators"),
+                               (0.5, "msm_numerators", "msm_logits")):
+    out = train_step_lib.apply_model(model, state["params"], batches[0], deterministic=True,
+                                     msm_packing=packing)
+    assert key in out and absent not in out, (packing, sorted(out))

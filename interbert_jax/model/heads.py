@@ -6,7 +6,7 @@ from interbert_jax.model import common
 
 
 def transform_output(h):
-  """A head's transformed states [B, P, H], pinned to the hidden layout (batch-sharded, H
+  """A head's transformed states [B, P|R, H], pinned to the hidden layout (batch-sharded, H
   whole) before the decoder. Without the pin XLA's SPMD partitioner (jax 0.10.2, CPU)
   computed wrong gradients on a data x fsdp x tensor = 2 x 2 x 2 mesh for some batch
   sizes (8 and 16 of `tiny`; 32 was right): the transform's output, sharded on H over

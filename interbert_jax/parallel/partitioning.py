@@ -46,6 +46,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+# The mesh axes examples are split over (the "batch" rule).
+BATCH_AXES: tuple[str, ...] = dict(LOGICAL_AXIS_RULES)["batch"]
+
+
 def unbox(tree):
   """Strips logical-partitioning boxes without applying sharding constraints."""
   return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
@@ -104,7 +108,7 @@ def tree_shardings(abstract_tree, mesh: jax.sharding.Mesh, rules=LOGICAL_AXIS_RU
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   """Leading (example) axis over data x fsdp; every other axis replicated."""
-  return NamedSharding(mesh, P(dict(LOGICAL_AXIS_RULES)["batch"]))
+  return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
