@@ -241,7 +241,8 @@ def get_config(arg="tiny"):
       # into this fraction of its [B/shards, P] slots (a step whose targets do not fit runs
       # every slot), training/packed_msm.py. Same loss up to float summation order, so off
       # by default: like optimizer.fused_clipping it moves a run's trajectory at the
-      # rounding level, and the documented results are those of the unpacked head.
+      # rounding level, and the documented results are those of the unpacked head. Pays with
+      # several examples per batch shard; with one, any long span makes the step fall back.
       msm_packing=0.0))
 
   c.optimizer = ml_collections.ConfigDict(dict(
