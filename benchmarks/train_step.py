@@ -138,6 +138,28 @@ def _number(x: float):
   return int(x) if float(x).is_integer() else round(x, 2)
 
 
+def build_step(config, batch_size: int, span: int, seed: int):
+  """The trainer's construction on `random_batch`: sharded state from `seed`, then
+  training/train_step.py:compile_train_step (donated state, shardings pinned,
+  config.loss.msm_packing bound), as interbert_jax.main builds it.
+
+  Returns (compiled step, state, device batch, step rng, compile seconds)."""
+  mesh = mesh_lib.create_mesh(config.mesh)
+  model = interbert_jax.build_model(config.model)
+  opt = optimizer_lib.build_optimizer(config)
+  host_batch = random_batch(config, batch_size, span, seed)
+  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+  init_rng, train_rng = jax.random.split(jax.random.key(seed))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
+    abstract, state_sh = state_lib.abstract_state(model, opt.tx, mesh, init_rng)
+    state = state_lib.create_state(model, opt.tx, state_sh, init_rng)
+    t0 = time.perf_counter()
+    compiled = train_step_lib.compile_train_step(config, model, opt, abstract, state_sh,
+                                                 shapes, train_rng, mesh)
+    compile_s = time.perf_counter() - t0
+  return compiled, state, partitioning.global_batch(host_batch, mesh), train_rng, compile_s
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -146,25 +168,8 @@ def main(argv):
     config.batch_size = _BATCH.value
   load_before = os.getloadavg()[0]
 
-  mesh = mesh_lib.create_mesh(config.mesh)
-  rules = partitioning.logical_axis_rules()
-  model = interbert_jax.build_model(config.model)
-  opt = optimizer_lib.build_optimizer(config)
-  host_batch = random_batch(config, _BATCH.value, _SPAN.value, _SEED.value)
-  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
-  init_rng, train_rng = jax.random.split(jax.random.key(_SEED.value))
-
-  # The trainer's construction: sharded state, then training/train_step.py:compile_train_step
-  # (donated state, shardings pinned, config.loss.msm_packing bound) as interbert_jax.main.
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, state_sh = state_lib.abstract_state(model, opt.tx, mesh, init_rng)
-    state = state_lib.create_state(model, opt.tx, state_sh, init_rng)
-  batch = partitioning.global_batch(host_batch, mesh)
-  t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = train_step_lib.compile_train_step(config, model, opt, abstract, state_sh,
-                                                 batch_shapes, train_rng, mesh)
-  compile_s = time.perf_counter() - t0
+  compiled, state, batch, train_rng, compile_s = build_step(config, _BATCH.value,
+                                                             _SPAN.value, _SEED.value)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   compiled_flops = float((cost or {}).get("flops", float("nan")))

@@ -30,16 +30,9 @@ from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import flax.linen as nn  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
-import interbert_jax  # pylint: disable=g-import-not-at-top
 from benchmarks import train_step as bench  # pylint: disable=g-import-not-at-top
-from interbert_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-from interbert_jax.parallel import partitioning  # pylint: disable=g-import-not-at-top
-from interbert_jax.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-from interbert_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
-from interbert_jax.training import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
 
 # --config, --batch, --steps, --msm_span and --seed are train_step.py's flags (imported above).
 _CONFIG, _BATCH, _STEPS = bench._CONFIG, bench._BATCH, bench._STEPS  # pylint: disable=protected-access
@@ -75,23 +68,11 @@ def _with(config, overrides: dict):
 
 
 def build(config, batch_size: int):
-  """(compiled step, state, device batch, rng) for `config`: the trainer's own
-  `compile_train_step` (mesh, rules, shardings, donation) on train_step.py's random batch."""
+  """(compiled step, state, device batch, rng) for `config`: train_step.py's `build_step`
+  (the trainer's own `compile_train_step`) on its random batch."""
   with config.unlocked():
     config.batch_size = batch_size
-  mesh = mesh_lib.create_mesh(config.mesh)
-  model = interbert_jax.build_model(config.model)
-  opt = optimizer_lib.build_optimizer(config)
-  seed = bench._SEED.value  # pylint: disable=protected-access
-  host_batch = bench.random_batch(config, batch_size, bench._SPAN.value, seed)  # pylint: disable=protected-access
-  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
-  init_rng, train_rng = jax.random.split(jax.random.key(seed))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
-    abstract, state_sh = state_lib.abstract_state(model, opt.tx, mesh, init_rng)
-    state = state_lib.create_state(model, opt.tx, state_sh, init_rng)
-    compiled = train_step_lib.compile_train_step(config, model, opt, abstract, state_sh,
-                                                 shapes, train_rng, mesh)
-  return compiled, state, partitioning.global_batch(host_batch, mesh), train_rng
+  return bench.build_step(config, batch_size, bench._SPAN.value, bench._SEED.value)[:4]  # pylint: disable=protected-access
 
 
 def main(argv):
