@@ -242,7 +242,8 @@ def get_config(arg="tiny"):
       # every slot), training/packed_msm.py. Same loss up to float summation order, so off
       # by default: like optimizer.fused_clipping it moves a run's trajectory at the
       # rounding level, and the documented results are those of the unpacked head. Pays with
-      # several examples per batch shard; with one, any long span makes the step fall back.
+      # several examples per batch shard; with one, any long span makes the step fall back
+      # (the rate is the logged metric msm_packing_fallback).
       msm_packing=0.0))
 
   c.optimizer = ml_collections.ConfigDict(dict(

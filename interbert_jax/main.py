@@ -244,6 +244,7 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
       logging.info("checkpoint %d saving to %s (%s)", step, ckpt.directory, reason)
 
   step = start_step
+  warned_fallback = False
   try:
     while step < config.total_steps:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -262,12 +263,22 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
         scalars["mfu"] = (flops_per_example * rates["examples_per_sec"]
                           / (peak * jax.device_count()))
         writer.write(step, scalars)
+        shown = task.log_keys + tuple(k for k in ("msm_packing_fallback",) if k in scalars)
         logging.info("%s | %s | mfu %.2f%%", progress.line(step, scalars["loss"], rates),
-                     " ".join(f"{k} {scalars[k]:.3f}" for k in task.log_keys),
+                     " ".join(f"{k} {scalars[k]:.3f}" for k in shown),
                      100 * scalars["mfu"])
         if plateau is not None and plateau.update(step, scalars["itm_loss"]):
           logging.warning("%s", plateau_lib.warning_message(step, scalars,
                                                             plateau.window_steps))
+        if scalars.get("msm_packing_fallback", 0.0) >= 0.25 and not warned_fallback:
+          warned_fallback = True
+          logging.warning(
+              "loss.msm_packing=%g: %.0f%% of the steps since the last log ran the MSM head "
+              "at every slot (a batch shard held more targets than its packed slots), paying "
+              "for both; raise loss.msm_packing or put more examples on each batch shard "
+              "(docs/performance.md). Logged once; the rate is the metric "
+              "msm_packing_fallback.", config.loss.msm_packing,
+              100 * scalars["msm_packing_fallback"])
         window = []
 
       if config.eval_every_steps and (step % config.eval_every_steps == 0

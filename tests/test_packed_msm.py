@@ -59,6 +59,7 @@ def test_numerators_equal_the_head_at_every_slot(fraction):
   got = jax.jit(lambda x: packed_msm.msm_numerators(head, x, batch, fraction))(text)
   np.testing.assert_allclose(got[0], want["msm"][0], rtol=1e-6)
   np.testing.assert_allclose(got[1], want["msm_acc"][0], rtol=1e-6)
+  assert float(got[2]) == (1.0 if fraction == 0.05 else 0.0)   # 0.05: 1 slot, 3 targets
   grad = lambda f: jax.grad(lambda x: f(x)[0])(text)
   np.testing.assert_allclose(
       grad(lambda x: packed_msm.msm_numerators(head, x, batch, fraction)),
@@ -94,6 +95,10 @@ def test_packed_training_equals_the_unpacked_head(batches):  # noqa: F811
   for full, packed in zip(full_history, packed_history):
     for key in ("loss", "msm_loss", "msm_acc", "grad_norm"):
       np.testing.assert_allclose(packed[key], full[key], rtol=1e-5, err_msg=key)
+  # The logged fallback rate: the fraction of each step's microbatches that overflowed.
+  want = np.mean(np.reshape(largest, (len(batches), 2)) > n, axis=1)
+  np.testing.assert_array_equal([h["msm_packing_fallback"] for h in packed_history], want)
+  assert "msm_packing_fallback" not in full_history[0]
   worst = max(jax.tree.leaves(jax.tree.map(
       lambda a, b: float(np.max(np.abs(a - b))), full_state["params"], packed_state["params"])))
   assert worst < 1e-6, worst

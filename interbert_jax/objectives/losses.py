@@ -162,13 +162,17 @@ def itm_diagnostic_stats(outputs):
   Returns:
     {"text_pooler_alive", "image_pooler_alive": float32 [D], 1 where the unit is > 0 on at
     least one example of the batch; "itm_margin": float32 [B], itm_logits[:, 0] -
-    itm_logits[:, 1] (matched minus not matched)}.
+    itm_logits[:, 1] (matched minus not matched)}; and "msm_packing_fallback" (float32
+    scalar) when the outputs carry it (loss.msm_packing, training/packed_msm.py).
   """
   alive = lambda x: jnp.max((_f32(x) > 0).astype(jnp.float32), axis=0)
   logits = _f32(outputs["itm_logits"])
-  return {"text_pooler_alive": alive(outputs["text_pooled"]),
-          "image_pooler_alive": alive(outputs["image_pooled"]),
-          "itm_margin": logits[:, 0] - logits[:, 1]}
+  stats = {"text_pooler_alive": alive(outputs["text_pooled"]),
+           "image_pooler_alive": alive(outputs["image_pooled"]),
+           "itm_margin": logits[:, 0] - logits[:, 1]}
+  if "msm_packing_fallback" in outputs:
+    stats["msm_packing_fallback"] = _f32(outputs["msm_packing_fallback"])
+  return stats
 
 
 def itm_diagnostics(stats):
@@ -180,10 +184,15 @@ def itm_diagnostics(stats):
   Returns:
     dead_text_pooler, dead_image_pooler: fraction of the D units that are 0 (ReLU off) on
     every example of the whole batch; itm_logit_std: population standard deviation over
-    the whole batch of the margin logit[matched] - logit[not matched] (0 = constant head).
+    the whole batch of the margin logit[matched] - logit[not matched] (0 = constant head);
+    msm_packing_fallback (when packed): the fraction of the step's microbatches whose MSM
+    head ran at every slot (its mean over a logging window is the fallback rate).
   """
   def dead(alive):
     return 1.0 - jnp.mean(jnp.max(alive.reshape(-1, alive.shape[-1]), axis=0))
-  return {"dead_text_pooler": dead(stats["text_pooler_alive"]),
-          "dead_image_pooler": dead(stats["image_pooler_alive"]),
-          "itm_logit_std": jnp.std(stats["itm_margin"].reshape(-1))}
+  out = {"dead_text_pooler": dead(stats["text_pooler_alive"]),
+         "dead_image_pooler": dead(stats["image_pooler_alive"]),
+         "itm_logit_std": jnp.std(stats["itm_margin"].reshape(-1))}
+  if "msm_packing_fallback" in stats:
+    out["msm_packing_fallback"] = jnp.mean(stats["msm_packing_fallback"])
+  return out

@@ -16,7 +16,10 @@ the train step runs the head only at the target slots instead:
 When some group holds more than n targets, that step runs the head at every slot instead
 (`lax.cond`), so the loss is always over every target: the same objective as the unpacked
 head, with float32 round-off from another summation order (which is why it is off by
-default: a run's trajectory moves at the rounding level; docs/performance.md).
+default: a run's trajectory moves at the rounding level; docs/performance.md). Whether a
+(micro)batch fell back is returned too; the trainer logs the rate as the metric
+`msm_packing_fallback` (a rate near 1 means f is too small for the batch shards: the step
+then pays for the packing and for every slot).
 """
 import math
 
@@ -74,7 +77,9 @@ def msm_numerators(head_fn, text_hidden, batch: dict, fraction: float):
     batch: msm_positions, msm_targets (int), msm_weights, all [B, P].
     fraction: loss.msm_packing, in (0, 1].
   Returns:
-    (CE sum, correct sum): float32 scalars; the denominator is msm_weights' sum.
+    (CE sum, correct sum, fell back): float32 scalars; the denominator of the sums is
+    msm_weights' sum; fell back is 1.0 when some group held more than n targets and the
+    head ran at every slot, else 0.0.
   """
   b, p = batch["msm_positions"].shape
   mesh = jax.sharding.get_abstract_mesh()
@@ -109,4 +114,6 @@ def msm_numerators(head_fn, text_hidden, batch: dict, fraction: float):
   # makes its residuals its inputs, so the common (packed) step does not also hold the
   # every-slot head's [B, P, V] activations (tiny at batch 512: 921.1 -> 896.0 MB of XLA
   # temp memory; unpacked 895.8). A fallback step recomputes its head once.
-  return jax.lax.cond(jnp.any(count > n), jax.checkpoint(every_slot), packed_slots_only)
+  overflow = jnp.any(count > n)
+  ce, correct = jax.lax.cond(overflow, jax.checkpoint(every_slot), packed_slots_only)
+  return ce, correct, overflow.astype(jnp.float32)

@@ -30,7 +30,8 @@ def apply_model(model, params, batch: dict, *, deterministic: bool, rng=None,
   positions, never over the whole text. `msm_packing` > 0 (config.loss.msm_packing) goes
   further: the head runs only at the slots that hold a target, packed per batch shard
   (training/packed_msm.py), and the outputs carry "msm_numerators" (read by
-  `losses.pretraining_terms`) instead of `msm_logits` [B, P, V].
+  `losses.pretraining_terms`) instead of `msm_logits` [B, P, V], and
+  "msm_packing_fallback" (1.0 when this batch ran the head at every slot; a diagnostic).
   """
   rngs = None if deterministic else {"dropout": rng}
   positions = batch["msm_positions"]
@@ -42,8 +43,10 @@ def apply_model(model, params, batch: dict, *, deterministic: bool, rng=None,
   if msm_packing:
     del outputs["msm_logits"]
     head = lambda hidden: model.apply({"params": params}, hidden, method="msm_logits")
-    outputs["msm_numerators"] = packed_msm.msm_numerators(head, outputs["text_hidden"], batch,
-                                                          msm_packing)
+    ce, correct, fell_back = packed_msm.msm_numerators(head, outputs["text_hidden"], batch,
+                                                       msm_packing)
+    outputs["msm_numerators"] = (ce, correct)
+    outputs["msm_packing_fallback"] = fell_back
   return outputs
 
 
