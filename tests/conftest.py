@@ -38,20 +38,46 @@ def pretrain_tiny(workdir, steps, *overrides):
   return str(os.path.join(workdir, "checkpoints", str(steps)))
 
 
+# The longest modules first: pytest-xdist (`-n 2 --dist loadfile`, pyproject.toml) hands
+# out whole modules in collection order, so the long ones start at once on both workers
+# instead of ending the run on one. The pretrained model's modules come after the first
+# two, when the shared run below is done.
+LONG_MODULES = ("test_downstream.py", "test_small_recipe.py", "test_synthetic_zh.py",
+                "test_multiprocess.py", "test_main.py", "test_evaluation.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = lambda item: (LONG_MODULES.index(item.path.name) if item.path.name in LONG_MODULES
+                       else len(LONG_MODULES))
+  items.sort(key=rank)                   # stable: the order within a module stays
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrain_run(tmp_path_factory):
   """The README's quick-start run, shared by every test that needs a pretrained model.
 
   `configs/pretrain.py:tiny` as shipped (3,000 steps, ~4-6 min on 2 cores), plus zero-shot
   retrieval on the first 16 eval images at the end (after training: the training and its
-  eval metrics are those of the plain quick start).
-  -> {"workdir", "steps", "step_dir", "stderr"}.
+  eval metrics are those of the plain quick start). Under pytest-xdist the first worker to
+  ask runs it, under a file lock in the session's temp root, and the others read its
+  result. -> {"workdir", "steps", "step_dir", "stderr"}.
   """
+  import json
+  import filelock
   from configs.pretrain import get_config
-  steps = get_config("tiny").total_steps
-  workdir = tmp_path_factory.mktemp("tiny_pretrain") / "run"
-  stderr = train("configs/pretrain.py:tiny", workdir,
-                 f"--config.eval_retrieval_every_steps={steps}",
-                 "--config.eval_retrieval_images=16")
-  return dict(workdir=str(workdir), steps=steps, stderr=stderr,
-              step_dir=str(os.path.join(workdir, "checkpoints", str(steps))))
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent                   # shared by this session's workers only
+  result = root / "tiny_pretrain.json"
+  with filelock.FileLock(str(result) + ".lock"):
+    if result.is_file():
+      return json.loads(result.read_text())
+    steps = get_config("tiny").total_steps
+    workdir = root / "tiny_pretrain" / "run"
+    stderr = train("configs/pretrain.py:tiny", workdir,
+                   f"--config.eval_retrieval_every_steps={steps}",
+                   "--config.eval_retrieval_images=16")
+    run = dict(workdir=str(workdir), steps=steps, stderr=stderr,
+               step_dir=str(os.path.join(workdir, "checkpoints", str(steps))))
+    result.write_text(json.dumps(run))
+    return run
