@@ -273,10 +273,10 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
         if scalars.get("msm_packing_fallback", 0.0) >= 0.25 and not warned_fallback:
           warned_fallback = True
           logging.warning(
-              "loss.msm_packing=%g: %.0f%% of the steps since the last log ran the MSM head "
-              "at every slot (a batch shard held more targets than its packed slots), paying "
-              "for both; raise loss.msm_packing or put more examples on each batch shard "
-              "(docs/performance.md). Logged once; the rate is the metric "
+              "loss.msm_packing=%g: %.0f%% of the (micro)batches since the last log ran the "
+              "MSM head at every slot (a batch shard held more targets than its packed "
+              "slots), paying for both; raise loss.msm_packing or put more examples on each "
+              "batch shard (docs/performance.md). Logged once; the rate is the metric "
               "msm_packing_fallback.", config.loss.msm_packing,
               100 * scalars["msm_packing_fallback"])
         window = []

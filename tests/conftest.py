@@ -40,8 +40,8 @@ def pretrain_tiny(workdir, steps, *overrides):
 
 # The longest modules first: pytest-xdist (`-n 2 --dist loadfile`, pyproject.toml) hands
 # out whole modules in collection order, so the long ones start at once on both workers
-# instead of ending the run on one. The pretrained model's modules come after the first
-# two, when the shared run below is done.
+# instead of ending the run on one. test_main and test_evaluation, which also read the
+# shared pretraining run below (test_downstream starts it), come after the first three.
 LONG_MODULES = ("test_downstream.py", "test_small_recipe.py", "test_synthetic_zh.py",
                 "test_multiprocess.py", "test_main.py", "test_evaluation.py")
 

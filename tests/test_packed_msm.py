@@ -59,7 +59,7 @@ def test_numerators_equal_the_head_at_every_slot(fraction):
   got = jax.jit(lambda x: packed_msm.msm_numerators(head, x, batch, fraction))(text)
   np.testing.assert_allclose(got[0], want["msm"][0], rtol=1e-6)
   np.testing.assert_allclose(got[1], want["msm_acc"][0], rtol=1e-6)
-  assert float(got[2]) == (1.0 if fraction == 0.05 else 0.0)   # 0.05: 1 slot, 3 targets
+  assert float(got[2]) == (1.0 if fraction == 0.05 else 0.0)   # 0.05: 1 slot, 6 targets
   grad = lambda f: jax.grad(lambda x: f(x)[0])(text)
   np.testing.assert_allclose(
       grad(lambda x: packed_msm.msm_numerators(head, x, batch, fraction)),
