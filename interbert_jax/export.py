@@ -24,7 +24,7 @@ params) exits 2 with a one-line error.
 """
 import json
 import os
-import sys
+import shutil
 
 from absl import app
 from absl import flags
@@ -32,6 +32,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from interbert_jax import cli
+from interbert_jax import errors
 from interbert_jax.checkpoints import model_files
 from interbert_jax.checkpoints import run_state
 from interbert_jax.model import count_params
@@ -46,7 +48,7 @@ REFERENCE_WEIGHTS = "pytorch_model.bin"
 REFERENCE_CONFIG = "bert_config.json"
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError, ValueError):
   """A user mistake (bad workdir, step, weights or format); the message says what to do."""
 
 
@@ -82,14 +84,19 @@ def _stored_tree(path: str):
 
 
 def _restore_as_stored(path: str):
-  """An orbax StandardCheckpointer item restored with its stored tree, shapes and dtypes."""
+  """An orbax StandardCheckpointer item restored with its stored tree, shapes and dtypes;
+  a missing, truncated or corrupt file is an ExportError naming the item."""
   import orbax.checkpoint as ocp
-  ckptr = ocp.StandardCheckpointer()
-  tree = _stored_tree(path)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        tree)
-  return ckptr.restore(os.path.abspath(path), target)
+  try:
+    ckptr = ocp.StandardCheckpointer()
+    tree = _stored_tree(path)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          tree)
+    return ckptr.restore(os.path.abspath(path), target)
+  except Exception as e:  # orbax / TensorStore wrap the cause in long spec dumps
+    raise ExportError(f"{path}: the checkpoint cannot be read ({errors.cause_line(e)}); "
+                      "export another --step") from None
 
 
 def _has_ema(directory: str) -> str | None:
@@ -98,7 +105,11 @@ def _has_ema(directory: str) -> str | None:
     return "item"
   train_state = os.path.join(directory, "train_state")
   if os.path.isdir(train_state):
-    tree = _stored_tree(train_state)
+    try:
+      tree = _stored_tree(train_state)
+    except Exception as e:  # a truncated or deleted _METADATA file
+      raise ExportError(f"{train_state}: the checkpoint cannot be read "
+                        f"({errors.cause_line(e)}); export another --step") from None
     if EMA_KEY in tree:
       return "train_state"
   return None
@@ -144,22 +155,24 @@ def _cast(params, dtype: str):
                       if np.issubdtype(x.dtype, np.floating) else x, params)
 
 
-def export(workdir: str, output: str, *, step: int | None = None,
-           weights: str | None = None, dtype: str = "float32",
-           format: str = "native") -> dict:  # pylint: disable=redefined-builtin
-  """Writes the export (see the module docstring) and returns export.json's content."""
+def export(workdir: str, output: str, *, step: int | None = None,  # pylint: disable=redefined-builtin
+           weights: str | None = None, dtype: str = "float32", format: str = "native",
+           overwrite: bool = False) -> dict:
+  """Writes the export (see the module docstring) and returns export.json's content.
+  An existing export at `output` is replaced only with `overwrite`, and only once the new
+  one is complete."""
   if format not in FORMATS or dtype not in DTYPES or weights not in WEIGHTS + (None,):
     raise ExportError(f"format={format!r} / dtype={dtype!r} / weights={weights!r}: choose "
                       f"from {FORMATS} / {DTYPES} / {WEIGHTS}")
   if format == "reference" and dtype != "float32":
     raise ExportError("--format=reference holds float32 only (the official state dict); "
                       "use --format=native or safetensors for --dtype=bfloat16")
-  if os.path.isdir(output) and os.listdir(output):
-    raise ExportError(f"--output={output} exists and is not empty; choose a new directory")
+  replace = _check_output(output, overwrite)
   step, directory = step_dir(workdir, step)
   model_config = model_files.read_model_config(directory)
   params, weights = read_params(directory, weights)
   params = _cast(params, dtype)
+  final, output = output, (_staging_dir(output) if replace else output)
   if format == "reference":
     from interbert_jax.convert import commands
     from interbert_jax.convert.tensor_io import ConversionError
@@ -184,9 +197,38 @@ def export(workdir: str, output: str, *, step: int | None = None,
   with open(os.path.join(output, EXPORT_FILE), "w") as f:
     json.dump(info, f, indent=2)
     f.write("\n")
+  if replace:   # the new export is complete: only now does the old one go
+    old = f"{final}.replaced-{os.getpid()}"
+    os.rename(final, old)
+    os.rename(output, final)
+    shutil.rmtree(old)
   logging.info("exported %s step %d (%s weights, %s, %s, %s parameters) to %s", workdir,
-               step, weights, dtype, format, f"{info['parameters']:,}", output)
+               step, weights, dtype, format, f"{info['parameters']:,}", final)
   return info
+
+
+def _check_output(output: str, overwrite: bool) -> bool:
+  """Whether `output` is an earlier export to replace (with --overwrite); raises when it
+  holds anything else. Checked before any work."""
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ExportError(f"--output={output} is a file; give a directory")
+  if not os.path.isdir(output) or not os.listdir(output):
+    return False
+  if not overwrite:
+    raise ExportError(f"--output={output} exists and is not empty; pass --overwrite to "
+                      "replace an earlier export there, or choose a new directory")
+  if not os.path.exists(os.path.join(output, EXPORT_FILE)):
+    raise ExportError(f"--output={output} holds files but no {EXPORT_FILE}: it is not an "
+                      "export, and --overwrite replaces only exports")
+  return True
+
+
+def _staging_dir(output: str) -> str:
+  """Where a replacing export is written first, beside `output` (same file system)."""
+  parent, name = os.path.split(os.path.abspath(output))
+  staging = os.path.join(parent, f".{name}.export-{os.getpid()}")
+  shutil.rmtree(staging, ignore_errors=True)
+  return staging
 
 
 def _define_flags():
@@ -202,6 +244,9 @@ def _define_flags():
   flags.DEFINE_enum("format", "native", list(FORMATS), "native (orbax, "
                     "load_checkpoint), safetensors (load_checkpoint) or reference "
                     "(the official PyTorch state dict).")
+  flags.DEFINE_bool("overwrite", False, "Replace an earlier export at --output (a "
+                    "directory holding export.json); without it a non-empty --output is "
+                    "refused.")
 
 
 def main(argv):
@@ -210,14 +255,12 @@ def main(argv):
   if not flags.FLAGS.workdir or not flags.FLAGS.output:
     raise app.UsageError("--workdir and --output are required")
   log_filter.install()
-  try:
-    f = flags.FLAGS
-    export(f.workdir, f.output, step=f.step, weights=f.weights, dtype=f.dtype, format=f.format)
-  except ExportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  f = flags.FLAGS
+  # A user mistake (ExportError and every errors.UserError) is one line and exit 2.
+  export(f.workdir, f.output, step=f.step, weights=f.weights, dtype=f.dtype, format=f.format,
+         overwrite=f.overwrite)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

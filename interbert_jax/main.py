@@ -25,7 +25,6 @@ Library logs (orbax, TensorFlow) are hidden unless -v 1.
 """
 import math
 import os
-import sys
 import time
 
 # Before TensorFlow (imported by TFDS and the TensorBoard writer) loads: no C++ INFO lines.
@@ -39,17 +38,18 @@ from absl import logging
 from etils import epath
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 
 import interbert_jax
+from interbert_jax import cli
+from interbert_jax import errors
 from interbert_jax.checkpoints import init_from as init_from_lib
 from interbert_jax import tasks
 from interbert_jax.checkpoints import run_state
 from interbert_jax.checkpoints import workdir_check
-from interbert_jax.data import loader_pool
-from interbert_jax.data import pipeline
-from interbert_jax.data import schema
+from interbert_jax.checkpoints import workdir_lock
 from interbert_jax.evaluation import pretraining as pretraining_eval
 from interbert_jax.evaluation import retrieval as retrieval_eval
 from interbert_jax.parallel import distributed
@@ -78,7 +78,7 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "TPU pod, JAX_COORDINATOR_ADDRESS).")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.RunError, RuntimeError):
   pass
 
 
@@ -139,17 +139,24 @@ def compile_train_step(config, task, model, opt, abstract, state_sh, batch_shape
   return compiled
 
 
-def flops_and_peak(config, task, compiled) -> tuple[float, float]:
-  """(analytic train FLOPs per example, peak FLOP/s per device) for the MFU metric."""
-  flops_per_example = task.flops_per_example(config)
+def peak_flops(config) -> float:
+  """Peak FLOP/s per device, the MFU denominator: config.peak_flops_per_device, else a
+  matmul measured on one local device. Called before the run's mesh is entered: a
+  single-device computation inside the mesh context is refused on a multi-device mesh."""
+  return (float(config.peak_flops_per_device)
+          or flops_lib.measure_peak_flops(config.model.dtype))
+
+
+def flops_per_example(config, task, compiled, peak: float) -> float:
+  """Analytic train FLOPs per example for the MFU metric (logged with the compiled count)."""
+  flops = task.flops_per_example(config)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   compiled_flops = float((cost or {}).get("flops", float("nan")))
-  peak = float(config.peak_flops_per_device) or flops_lib.measure_peak_flops(config.model.dtype)
   logging.info("FLOPs/example %.3e (analytic; compiled %.3e per device-step); peak %.3e "
-               "FLOP/s per device (%s)", flops_per_example, compiled_flops, peak,
+               "FLOP/s per device (%s)", flops, compiled_flops, peak,
                "config" if config.peak_flops_per_device else "measured matmul")
-  return flops_per_example, peak
+  return flops
 
 
 def check_finite(window: list[dict], step: int, writer, ckpt) -> None:
@@ -174,9 +181,38 @@ def train(config, workdir: str):
                                     process_count=num_processes)
   is_main = process == 0
   workdir_check.check_workdir(workdir, config)   # Another run's workdir: refused, untouched.
+  lock = _lock_workdir(workdir, is_main, num_processes)   # One run per workdir.
+  try:
+    if is_main:
+      _write_config(workdir, config)
+    return _train(config, workdir, process, num_processes)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _lock_workdir(workdir: str, is_main: bool, num_processes: int):
+  """Process 0 locks the workdir (checkpoints/workdir_lock.py); every process learns
+  whether it did, so that a refused multi-process run exits everywhere, not only on 0."""
+  lock, refusal = None, None
   if is_main:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
-    _write_config(workdir, config)
+    try:
+      lock = workdir_lock.WorkdirLock(workdir).acquire()
+    except workdir_lock.WorkdirBusyError as e:
+      refusal = e
+  if num_processes > 1:
+    locked = multihost_utils.broadcast_one_to_all(np.int32(refusal is None))
+    if not int(locked) and not is_main:
+      raise workdir_lock.WorkdirBusyError(
+          f"--workdir={workdir} is in use by another trainer (process 0 says which)")
+  if refusal is not None:
+    raise refusal
+  return lock
+
+
+def _train(config, workdir: str, process: int, num_processes: int):
+  is_main = process == 0
   logging.info("process %d/%d, devices: %d global, %d local (%s)", process, num_processes,
                jax.device_count(), jax.local_device_count(), jax.devices()[0].platform)
 
@@ -192,16 +228,17 @@ def train(config, workdir: str):
                  config.total_steps)
     ckpt.close()
     return None
+  peak = peak_flops(config)   # outside the mesh: one device
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
     try:
-      return _train_loop(config, mesh, ckpt, writer, process, num_processes)
+      return _train_loop(config, mesh, ckpt, writer, process, num_processes, peak)
     finally:
       ckpt.close()
       writer.close()
 
 
-def _train_loop(config, mesh, ckpt, writer, process, num_processes):
+def _train_loop(config, mesh, ckpt, writer, process, num_processes, peak):
   task = tasks.get_task(config)
   # ------------------------------------------------------------------ model, optimizer, state
   model = task.build_model(config)
@@ -221,7 +258,7 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
   # ------------------------------------------------------------------ update step & evals
   compiled_step = compile_train_step(config, task, model, opt, abstract, state_sh,
                                      batch_shapes, train_rng, mesh)
-  flops_per_example, peak = flops_and_peak(config, task, compiled_step)
+  example_flops = flops_per_example(config, task, compiled_step, peak)
   evaluate = pretraining_eval.Evaluator(config, model, mesh, state_sh["params"], batch_shapes,
                                         process_index=process, process_count=num_processes,
                                         task=task)
@@ -260,7 +297,7 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes):
         scalars = _mean_metrics(window)
         rates = progress.update(step)
         scalars["examples_per_sec"] = rates["examples_per_sec"]
-        scalars["mfu"] = (flops_per_example * rates["examples_per_sec"]
+        scalars["mfu"] = (example_flops * rates["examples_per_sec"]
                           / (peak * jax.device_count()))
         writer.write(step, scalars)
         shown = task.log_keys + tuple(k for k in ("msm_packing_fallback",) if k in scalars)
@@ -311,22 +348,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   log_filter.install()
   distributed.maybe_initialize(_DISTRIBUTED.value)
-  config = _CONFIG.value
+  config = cli.config_value(_CONFIG)
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py:tiny")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  try:
-    train(config, _WORKDIR.value)
-  except (config_validation.ConfigError, pipeline.PipelineConfigError,
-          schema.DatasetError, init_from_lib.InitFromError) as e:  # bad input, before training
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (NonFiniteLossError, run_state.CheckpointError, pipeline.DataReadError,
-          loader_pool.WorkerDiedError) as e:
-    logging.error("%s", e)
-    sys.exit(f"error: {e}")
+  # A UserError (bad config, data, path, workdir) exits 2 with one line before training;
+  # a RunError (non-finite loss, failed save, unreadable record, dead worker) exits 1 with
+  # one line, the last good checkpoint kept (interbert_jax/errors.py).
+  train(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,8 +9,10 @@ import json
 
 import ml_collections
 
+from interbert_jax import errors
 
-class OverrideError(ValueError):
+
+class OverrideError(errors.UserError, ValueError):
   """An override that does not fit the config (the message names the key)."""
 
 

@@ -20,12 +20,13 @@ import json
 import math
 import os
 import statistics
-import sys
 
 from absl import app
 from absl import flags
 
+from interbert_jax import cli
 from interbert_jax import config_files
+from interbert_jax import errors
 from interbert_jax import overrides as overrides_lib
 from interbert_jax import run_dirs
 
@@ -40,7 +41,7 @@ CSV_FIELDS = ("run", "status", "status_reason", "overrides", "steps_done", "tota
               "examples_per_sec", "wall_s")
 
 
-class ReportError(ValueError):
+class ReportError(errors.UserError, ValueError):
   pass
 
 
@@ -293,17 +294,13 @@ def _define_flags():
 
 def main(argv):
   if len(argv) != 2:
-    sys.stderr.write("error: usage: python -m interbert_jax.report DIR [--output=FILE.md]\n")
-    sys.exit(2)
-  try:
-    out = report(argv[1], flags.FLAGS.output, flags.FLAGS.base, flags.FLAGS.at_step)
-  except ReportError as e:
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    raise app.UsageError("usage: python -m interbert_jax.report DIR [--output=FILE.md]")
+  # ReportError (a UserError): one line, exit 2 (cli.run).
+  out = report(argv[1], flags.FLAGS.output, flags.FLAGS.base, flags.FLAGS.at_step)
   print(out["markdown"])
   print("wrote " + ", ".join(out["paths"].values()))
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -41,10 +41,11 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
+from interbert_jax import cli
 from interbert_jax import config_files
+from interbert_jax import errors
 from interbert_jax import overrides as overrides_lib
 from interbert_jax import run_dirs
 from interbert_jax.parallel import mesh as mesh_lib
@@ -72,7 +73,7 @@ LAUNCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           "launch")
 
 
-class SweepError(ValueError):
+class SweepError(errors.UserError, ValueError):
   """A sweep that cannot start; the message names the run and the key."""
 
 
@@ -125,6 +126,11 @@ def plan(config_spec: str, sweep_spec: str, root: str, sets=(), only=(),
     if only and name not in only:
       continue
     try:
+      errors.check_name(name, "run name")   # it becomes ROOT/<name>
+    except errors.UserError as e:
+      problems.append(f"run {name!r}: {e}")
+      continue
+    try:
       config = overrides_lib.apply(base, {**run_overrides, **common})
     except overrides_lib.OverrideError as e:
       problems.append(f"run {name!r}: {e}")
@@ -133,7 +139,7 @@ def plan(config_spec: str, sweep_spec: str, root: str, sets=(), only=(),
       config_validation.validate_config(
           config, num_devices=_device_count(config.mesh, num_devices))
     except config_validation.ConfigError as e:
-      problems.append(f"run {name!r}: " + str(e).replace("\n", "\n  "))
+      problems.append(f"run {name!r}: {e}")
       continue
     run = Run(name, os.path.join(root, name), dict(run_overrides), common, config.total_steps)
     previous = run_dirs.read_json(os.path.join(run.workdir, run_dirs.OVERRIDES_FILE))
@@ -143,8 +149,8 @@ def plan(config_spec: str, sweep_spec: str, root: str, sets=(), only=(),
       continue
     out.append(run)
   if problems:
-    raise SweepError(f"{sweep_spec}: {len(problems)} problem(s), nothing started:\n" +
-                     "\n".join(problems))
+    raise SweepError(f"{sweep_spec}: {len(problems)} problem(s), nothing started: " +
+                     "; ".join(problems))
   return out
 
 
@@ -275,15 +281,12 @@ def run_remote(runs: list[Run], config_spec: str, launcher: str, dry_run: bool) 
 
 def main(argv):
   if len(argv) > 1:
-    _usage_error(f"unexpected arguments: {argv[1:]}")
+    raise errors.UserError(f"unexpected arguments: {argv[1:]}")
   for name, flag in (("--config", _CONFIG), ("--sweep", _SWEEP), ("--root", _ROOT)):
     if not flag.value:
-      _usage_error(f"{name} is required (see --help)")
-  try:
-    runs = plan(_CONFIG.value, _SWEEP.value, _ROOT.value, _SET.value, _ONLY.value,
-                _NUM_DEVICES.value)
-  except SweepError as e:
-    _usage_error(str(e))
+      raise errors.UserError(f"{name} is required (see --help)")
+  runs = plan(_CONFIG.value, _SWEEP.value, _ROOT.value, _SET.value, _ONLY.value,
+              _NUM_DEVICES.value)   # SweepError (a UserError): one line, exit 2
 
   todo = []
   for run in runs:
@@ -328,10 +331,5 @@ def _write_manifest(root: str, config_spec: str, sweep_spec: str) -> None:
   run_dirs.write_json(path, {"config": config_spec, "sweep": sweep_spec, "runs": names})
 
 
-def _usage_error(msg: str):
-  sys.stderr.write(f"error: {msg}\n")
-  sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -70,19 +70,29 @@ done
 SIGNALLED=0
 trap 'SIGNALLED=1; kill -TERM "${PIDS[@]}" 2>/dev/null || true' INT TERM
 
+# Reap the processes as they end (wait -n -p: bash >= 5.1), naming the first that fails.
+declare -A INDEX
+for i in "${!PIDS[@]}"; do INDEX[${PIDS[$i]}]=$i; done
+RUNNING=("${PIDS[@]}")
 STATUS=0
-for ((left = NPROC; left > 0; left--)); do
+while (( ${#RUNNING[@]} > 0 )); do
   rc=0
-  wait -n "${PIDS[@]}" || rc=$?
-  if (( SIGNALLED == 1 && rc > 128 )); then   # wait itself was interrupted by the trap
-    SIGNALLED=2
-    left=$((left + 1))
+  done_pid=
+  wait -n -p done_pid "${RUNNING[@]}" || rc=$?
+  if [[ -z "${done_pid}" ]]; then   # wait itself was interrupted by the trap
     continue
   fi
+  left=()
+  for p in "${RUNNING[@]}"; do [[ "${p}" == "${done_pid}" ]] || left+=("${p}"); done
+  RUNNING=(${left[@]+"${left[@]}"})
+  i=${INDEX[${done_pid}]}
   if (( rc != 0 && STATUS == 0 )); then
     STATUS=${rc}
-    echo "local.sh: a process exited with ${rc}; stopping the others" >&2
-    kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    where="this terminal"
+    (( i > 0 )) && where="${LOG_DIR}/process_${i}.log"
+    echo "local.sh: process ${i} of ${NPROC} (pid ${done_pid}) exited with ${rc}" \
+      "(its log: ${where}); stopping the others" >&2
+    (( ${#RUNNING[@]} > 0 )) && kill -TERM "${RUNNING[@]}" 2>/dev/null || true
   fi
 done
 exit "${STATUS}"

@@ -11,9 +11,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch")
+# Small shapes and few steps; every start-up path a user takes (the MFU matmul included).
 SMALL = ["--config.total_steps=4", "--config.log_every_steps=2",
          "--config.checkpoint_every_steps=4", "--config.eval_every_steps=0",
-         "--config.peak_flops_per_device=1e11", "--config.model.hidden_size=32",
+         "--config.model.hidden_size=32",
          "--config.model.pooler_dim=32", "--config.model.single_stream.layers=1",
          "--config.model.text_stream.layers=0", "--config.model.image_stream.layers=0"]
 
@@ -128,3 +129,18 @@ def test_local_sh_runs_two_processes(tmp_path):
     steps = [json.loads(l)["step"] for l in f]
   assert steps == [2, 4]                                     # process 0 alone writes
   assert os.listdir(workdir / "checkpoints") == ["4"]
+
+
+def test_local_sh_names_the_process_that_failed(tmp_path):
+  """A config both processes refuse (batch 3 over 2 hosts): the script exits with their
+  code and says which process failed and where its log is."""
+  logs = tmp_path / "logs"
+  env = dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable, LOG_DIR=str(logs),
+             TF_CPP_MIN_LOG_LEVEL="2")
+  proc = _script("local.sh", ["2", "--config=configs/pretrain.py:tiny",
+                              f"--workdir={tmp_path / 'run'}", "--config.batch_size=3"], env)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "no such job" not in proc.stderr
+  line = [l for l in proc.stderr.splitlines() if " exited with " in l]
+  assert len(line) == 1 and " of 2 (pid " in line[0] and "exited with 2" in line[0], line
+  assert "must be divisible by the process count 2" in proc.stderr

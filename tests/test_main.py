@@ -39,7 +39,6 @@ COMMON = [
     f"--config.total_steps={TOTAL}", "--config.log_every_steps=5",
     "--config.checkpoint_every_steps=10", "--config.eval_every_steps=20",
     "--config.eval_batches=2", "--config.keep_checkpoints=10",
-    "--config.peak_flops_per_device=1e11",      # Skip the start-up matmul benchmark.
 ]
 
 

@@ -25,7 +25,7 @@ def bad():
 # A short, small run: compile time dominates, and the second run hits the compile cache
 # (data.seed does not change the step).
 SETS = ["total_steps=4", "log_every_steps=2", "checkpoint_every_steps=2",
-        "eval_every_steps=0", "keep_checkpoints=5", "peak_flops_per_device=1e11",
+        "eval_every_steps=0", "keep_checkpoints=5",
         "model.hidden_size=32", "model.pooler_dim=32", "model.single_stream.layers=1",
         "model.text_stream.layers=0", "model.image_stream.layers=0"]
 

@@ -20,8 +20,10 @@ import flax
 import jax
 import numpy as np
 
+from interbert_jax import errors
 
-class InitFromError(ValueError):
+
+class InitFromError(errors.UserError, ValueError):
   """config.init_from does not fit the model (reported in one line, exit 2)."""
 
 

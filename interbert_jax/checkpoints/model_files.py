@@ -17,6 +17,8 @@ import numpy as np
 from etils import epath
 from flax import traverse_util
 
+from interbert_jax import errors
+
 from interbert_jax.model import build_model, param_shapes
 
 CONFIG_FILE = "config.json"
@@ -90,8 +92,9 @@ def _load_safetensors(file, target):
   misshaped = [f"{k}: {flat[k].shape} != {want[k].shape}" for k in sorted(set(flat) & set(want))
                if tuple(flat[k].shape) != tuple(want[k].shape)]
   if missing or unknown or misshaped:
-    raise ValueError(f"{file}: tensors do not fit the model of its config.json: missing "
-                     f"{missing}, unknown {unknown}, mis-shaped {misshaped}")
+    raise CheckpointReadError(
+        f"{file}: tensors do not fit the model of its config.json: missing {missing}, "
+        f"unknown {unknown}, mis-shaped {misshaped}")
   return traverse_util.unflatten_dict(
       {k: jax.device_put(np.asarray(flat[k]).astype(t.dtype), t.sharding)
        for k, t in want.items()}, sep="/")
@@ -102,7 +105,7 @@ def _find_config(path):
   for candidate in [path, *list(path.parents)[:3]]:
     if (candidate / CONFIG_FILE).exists():
       return candidate / CONFIG_FILE
-  raise FileNotFoundError(
+  raise CheckpointReadError(
       f"no {CONFIG_FILE} in {path} or the three directories above it; a model checkpoint "
       f"needs one (interbert_jax.save_checkpoint writes it)")
 
@@ -112,11 +115,16 @@ def read_model_config(path):
   config_file = _find_config(epath.Path(path))
   try:
     data = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{config_file} is not valid JSON: {e}") from e
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointReadError(f"{config_file} is not valid JSON: {e}") from None
   if "model" in data and isinstance(data["model"], dict):
     data = data["model"]  # The trainer's full config.
   return ml_collections.ConfigDict(data)
+
+
+class CheckpointReadError(errors.UserError, ValueError):
+  """A model or training checkpoint that cannot be read: missing, truncated or corrupt
+  files, or tensors that do not fit its config (the message names the path)."""
 
 
 def load_checkpoint(path, sharding=None):
@@ -124,22 +132,32 @@ def load_checkpoint(path, sharding=None):
 
   `path` is a model checkpoint directory (native or safetensors), a training step
   directory (`<workdir>/checkpoints/<step>`) or its `params` item. `sharding` (optional)
-  places every leaf; by default the params land on the first device.
+  places every leaf; by default the params land on the first device. A checkpoint that
+  cannot be read raises CheckpointReadError (one line: the path and the innermost cause).
   """
   import orbax.checkpoint as ocp
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(f"checkpoint {path} does not exist")
+    raise CheckpointReadError(f"checkpoint {path} does not exist")
   params_dir = path / PARAMS_DIR if (path / PARAMS_DIR).exists() else path
   model_config = read_model_config(path)
   model = build_model(model_config)
   target = abstract_params(model_config, sharding)
   if (path / SAFETENSORS_FILE).exists():
-    return model, _load_safetensors(path / SAFETENSORS_FILE, target), model_config
+    try:
+      return model, _load_safetensors(path / SAFETENSORS_FILE, target), model_config
+    except CheckpointReadError:
+      raise
+    except Exception as e:  # safetensors raises its own (Rust) error types
+      raise CheckpointReadError(f"{path / SAFETENSORS_FILE}: cannot be read "
+                                f"({errors.cause_line(e)})") from None
+  if not params_dir.exists() or not any(params_dir.iterdir()):
+    raise CheckpointReadError(f"{path}: no {PARAMS_DIR}/ or {SAFETENSORS_FILE} (not a "
+                              "model or training checkpoint)")
   try:
     params = ocp.StandardCheckpointer().restore(params_dir.absolute(), target)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    raise ValueError(
+  except Exception as e:  # orbax / TensorStore: a missing, truncated or foreign file
+    raise CheckpointReadError(
         f"cannot restore params from {params_dir} for the model of {_find_config(path)} "
-        f"(scan_layers={model_config.scan_layers}): {e}") from e
+        f"(scan_layers={model_config.scan_layers}): {errors.cause_line(e)}") from None
   return model, params, model_config

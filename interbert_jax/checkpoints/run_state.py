@@ -27,7 +27,8 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from interbert_jax.data import schema   # error_line: TensorStore errors run to many lines.
+from interbert_jax import errors
+
 
 ITEMS = ("params", "ema_params", "train_state", "data")
 CORRUPT_SUFFIX = ".corrupt-"
@@ -36,15 +37,10 @@ CORRUPT_SUFFIX = ".corrupt-"
 def _reason(error: BaseException, limit: int = 300) -> str:
   """The innermost cause of an orbax error on one line: TensorStore's, which says what
   (e.g. OUT_OF_RANGE reading <array> in <file>), not the wrapper's 100-line spec dump."""
-  for _ in range(10):
-    inner = error.__cause__ or error.__context__
-    if inner is None:
-      break
-    error = inner
-  return schema.error_line(error, limit)
+  return errors.cause_line(error, limit)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.RunError, RuntimeError):
   """A run's checkpoints cannot be read or written (the message says which and what to do)."""
 
 
@@ -162,7 +158,7 @@ class Checkpointer:
       except OSError as e:   # e.g. an object store without directory renames
         logging.warning("could not move the unreadable checkpoint %s aside (%s): move or "
                         "delete it, else step %d is not saved again", src,
-                        schema.error_line(e), step)
+                        errors.cause_line(e), step)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"interbert_move_aside_{step}")
     self._mngr.reload()

@@ -1,7 +1,8 @@
 """python -m interbert_jax.convert {hf_bert,reference,to_reference} --help"""
 import argparse
 import logging
-import sys
+
+from interbert_jax import errors
 
 EXAMPLES = """examples:
   # BERT (here all-MiniLM-L6-v2, 6 layers) -> InterBERT with 3 single-stream + 3 text layers
@@ -67,36 +68,36 @@ def parser():
   t.add_argument("--output", required=True, help="FILE.bin or FILE.safetensors")
   t.add_argument("--reference_config_output", default=None,
                  help="also write the reference's config JSON here")
+  t.add_argument("--overwrite", action="store_true",
+                 help="replace --output / --reference_config_output if they exist "
+                      "(default: refuse, one line naming the file)")
   return p
 
 
+@errors.cli_main
 def main(argv=None):
+  """A user mistake (errors.UserError: paths, configs, tensors, an existing output, a file
+  that does not read) is one line on stderr and exit 2; anything else keeps its traceback."""
   args = parser().parse_args(argv)
   # Our progress lines at INFO; library chatter (orbax, absl) only from WARNING up.
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   logging.getLogger("interbert_jax").setLevel(logging.INFO)
   from interbert_jax.convert import commands  # pylint: disable=g-import-not-at-top
-  from interbert_jax.convert.tensor_io import ConversionError  # pylint: disable=g-import-not-at-top
-  try:
-    if args.mode == "hf_bert":
-      commands.hf_bert_checkpoint(
-          args.checkpoint, args.single_stream_layers, args.text_layers, args.image_layers,
-          output=args.output, seed=args.seed, scan_layers=args.scan_layers,
-          config_variant=args.config_variant, config_file=args.config_file)
-    elif args.mode == "reference":
-      commands.reference_checkpoint(
-          args.checkpoint, args.reference_config, output=args.output,
-          scan_layers=args.scan_layers, config_variant=args.config_variant,
-          config_file=args.config_file)
-    else:
-      commands.to_reference_checkpoint(args.checkpoint, args.output,
-                                          args.reference_config_output)
-  except (ConversionError, ValueError, OSError) as e:
-    # User mistakes (paths, configs, tensors, an existing output) get one clear line.
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.mode == "hf_bert":
+    commands.hf_bert_checkpoint(
+        args.checkpoint, args.single_stream_layers, args.text_layers, args.image_layers,
+        output=args.output, seed=args.seed, scan_layers=args.scan_layers,
+        config_variant=args.config_variant, config_file=args.config_file)
+  elif args.mode == "reference":
+    commands.reference_checkpoint(
+        args.checkpoint, args.reference_config, output=args.output,
+        scan_layers=args.scan_layers, config_variant=args.config_variant,
+        config_file=args.config_file)
+  else:
+    commands.to_reference_checkpoint(args.checkpoint, args.output,
+                                     args.reference_config_output, overwrite=args.overwrite)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  errors.exit_now(main())

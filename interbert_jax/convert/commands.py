@@ -110,13 +110,32 @@ def hf_bert_checkpoint(checkpoint, single_stream_layers, text_layers, image_laye
   return params, m, report
 
 
-def to_reference_checkpoint(checkpoint, output, reference_config_output=None):
+def to_reference_checkpoint(checkpoint, output, reference_config_output=None,
+                            overwrite=False):
   """Model checkpoint (scanned or not) -> the reference's state dict at `output`
-  (.bin via torch, or .safetensors); optionally its BertConfig JSON too. Returns the dict."""
+  (.bin via torch, or .safetensors); optionally its BertConfig JSON too. Returns the dict.
+  Existing output files are replaced only with `overwrite` (checked before any work)."""
   if not output.endswith(tensor_io.TORCH_SUFFIXES + (tensor_io.SAFETENSORS_SUFFIX,)):
     raise ConversionError(f"--output={output}: must end in .bin/.pt/.pth or .safetensors")
-  _, params, m = model_files.load_checkpoint(checkpoint)
+  for flag, path in (("--output", output), ("--reference_config_output",
+                                             reference_config_output)):
+    if path and os.path.exists(path) and not overwrite:
+      raise ConversionError(f"{flag}={path} exists; pass --overwrite to replace it")
+    if path and os.path.isdir(path):
+      raise ConversionError(f"{flag}={path} is a directory; give a file name")
+  try:
+    _, params, m = model_files.load_checkpoint(checkpoint)
+  except (ValueError, FileNotFoundError) as e:
+    raise ConversionError(f"--checkpoint={checkpoint}: {e}") from None
   return write_reference(params, m, output, reference_config_output)
+
+
+def _tmp_beside(path: str) -> str:
+  """A temporary name in `path`'s directory with its extension (writers pick the format
+  by extension); renamed over `path` once complete."""
+  head, tail = os.path.split(os.path.abspath(path))
+  stem, ext = os.path.splitext(tail)
+  return os.path.join(head, f".{stem}.tmp-{os.getpid()}{ext}")
 
 
 def write_reference(params, m, output, reference_config_output=None):
@@ -133,9 +152,17 @@ def write_reference(params, m, output, reference_config_output=None):
                           "fine-tuning head?); export --format=native or safetensors")
   ref_cfg = model_configs.to_reference(m)
   sd = reference.params_to_reference(params, m)
-  tensor_io.write_state_dict(output, sd)
+  tmp = _tmp_beside(output)   # whole or not at all: a failed write leaves `output` as it was
+  try:
+    tensor_io.write_state_dict(tmp, sd)
+    os.replace(tmp, output)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
   if reference_config_output:
-    with open(reference_config_output, "w") as f:
+    tmp = _tmp_beside(reference_config_output)
+    with open(tmp, "w") as f:
       json.dump(ref_cfg, f, indent=2, sort_keys=True)
+    os.replace(tmp, reference_config_output)
   log.info("wrote %s (%d tensors)", output, len(sd))
   return sd

@@ -7,13 +7,15 @@ import os
 
 import numpy as np
 
+from interbert_jax import errors
+
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
 # Weight files looked for, in order, when a directory is given (Hugging Face layout).
 DIR_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A user-facing conversion problem (bad file, unknown or missing tensors, bad config)."""
 
 
@@ -84,8 +86,11 @@ def write_state_dict(path, state_dict):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.endswith(SAFETENSORS_SUFFIX):
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path,
-              metadata={"format": "pt"})
+    try:
+      save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path,
+                metadata={"format": "pt"})
+    except Exception as e:  # safetensors reports I/O failures as its own (Rust) error
+      raise ConversionError(f"cannot write {path}: {errors.one_line(e)}") from None
     return
   if path.endswith(TORCH_SUFFIXES):
     torch = _torch(f"writing {path}")
@@ -95,7 +100,10 @@ def write_state_dict(path, state_dict):
       if id(v) not in shared:
         shared[id(v)] = torch.from_numpy(np.ascontiguousarray(v).copy())
       out[name] = shared[id(v)]
-    torch.save(out, path)
+    try:
+      torch.save(out, path)
+    except RuntimeError as e:  # torch's zip writer reports I/O failures as RuntimeError
+      raise ConversionError(f"cannot write {path}: {errors.one_line(e)}") from None
     return
   raise ConversionError(f"{path}: output must end in "
                         f"{'/'.join(TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,))}")

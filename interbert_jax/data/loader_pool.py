@@ -24,11 +24,13 @@ from typing import Callable, Iterable, Iterator, Tuple
 
 import numpy as np
 
+from interbert_jax import errors
+
 _ALIGN = 64
 _WORKER_MAKER = None      # The maker of this process when it is a loader worker.
 
 
-class WorkerDiedError(RuntimeError):
+class WorkerDiedError(errors.RunError, RuntimeError):
   """A loader worker process died (killed, out of memory, crashed): the pool cannot go on."""
 
 

@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from interbert_jax import errors
 from interbert_jax.data import itm_negatives
 from interbert_jax.data import neighbours
 from interbert_jax.data import loader_pool
@@ -37,11 +38,11 @@ from interbert_jax.data import tokenizer as tokenizer_lib
 _TRAIN_STREAM, _EVAL_STREAM = 1, 2
 
 
-class PipelineConfigError(ValueError):
+class PipelineConfigError(errors.UserError, ValueError):
   """The config and the dataset do not fit together (the message names the key)."""
 
 
-class DataReadError(RuntimeError):
+class DataReadError(errors.RunError, RuntimeError):
   """An image record cannot be read (corrupt shard): the message names the shard file and
   the record index (schema.record_problem); `validate` reports the same line."""
 

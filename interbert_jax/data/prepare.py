@@ -26,7 +26,6 @@ import filecmp
 import json
 import os
 import shutil
-import sys
 import time
 
 from absl import app
@@ -34,6 +33,9 @@ from absl import logging as absl_logging
 from absl import flags
 import numpy as np
 
+from interbert_jax import cli
+from interbert_jax import errors
+from interbert_jax.errors import BadValueError, MissingFileError
 from interbert_jax.data import schema
 from interbert_jax.data import tokenizer as tokenizer_lib
 from interbert_jax.data.importers import RecordError, get_importer
@@ -71,6 +73,12 @@ def define_flags():
                     "ArrayRecord compression: zstd (smaller) or uncompressed (faster "
                     "random reads when the input pipeline is CPU-bound).")
   flags.DEFINE_integer("log_every", 1000, "Print a progress line every N images.")
+  flags.DEFINE_integer("text_len", schema.DEFAULT_TEXT_LEN, "The longest caption the model "
+                       "reads ([CLS] and [SEP] included; config.data.text_len). Longer captions "
+                       "are kept whole, counted and reported here and by validate; "
+                       "training truncates them.")
+  flags.DEFINE_bool("overwrite", False, "Replace the split if --output_dir already has it "
+                    "(default: refuse, naming it). Other splits are never touched.")
 
 
 LXMERT_NUM_CLASSES = 1600
@@ -126,13 +134,17 @@ class CaptionIndex:
   def __len__(self):
     return len(self._ends)
 
+  def lengths(self) -> np.ndarray:
+    """Tokens per caption (without [CLS]/[SEP]), int64 [n]."""
+    return np.diff(np.asarray(self._ends, np.int64), prepend=0)
+
 
 def read_captions(path, tokenizer, on_error) -> CaptionIndex:
   """Reads and tokenises the captions JSONL; errors name the file and line."""
   index = CaptionIndex()
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: captions file not found")
-  with open(path, "r", encoding="utf-8") as f:
+    raise MissingFileError(f"{path}: captions file not found")
+  with open(path, "r", encoding="utf-8-sig") as f:   # -sig: a leading BOM is dropped
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -158,6 +170,15 @@ def read_captions(path, tokenizer, on_error) -> CaptionIndex:
       except RecordError as e:
         on_error(e)
   return index
+
+
+def caption_length_report(lengths: np.ndarray, text_len: int) -> dict:
+  """{"text_len", "captions_over_text_len", "longest_caption_tokens"} of caption token
+  counts `lengths` (without [CLS]/[SEP], which the model adds)."""
+  longest = int(lengths.max()) + 2 if len(lengths) else 0
+  return {"text_len": int(text_len),
+          "captions_over_text_len": int(np.sum(lengths + 2 > text_len)),
+          "longest_caption_tokens": longest}
 
 
 def checked_images(records, *, first_record, captions, policy, box_tolerance,
@@ -238,19 +259,38 @@ def _copy_vocab(vocab_path, output_dir):
 def run(*, format, features, captions, output_dir, split="train", vocab=None,
         lower_case=True, skip_bad=False, num_classes=0, box_tolerance=1.0,
         shard_bytes=schema.DEFAULT_SHARD_BYTES, compression="zstd", log_every=1000,
-        print_fn=print) -> dict:
-  """Runs one prepare invocation; returns the report dict (also printed)."""
+        text_len=schema.DEFAULT_TEXT_LEN, overwrite=False, print_fn=print) -> dict:
+  """Runs one prepare invocation; returns the report dict (also printed).
+
+  Refused before any work: a --split that is not a plain name, a split that exists
+  (unless `overwrite`). Refused after reading the captions: none read.
+  """
+  errors.check_name(split, "--split")
+  schema.check_new_split(output_dir, split, overwrite)
+  if text_len < 3:
+    raise BadValueError(f"--text_len={text_len}: must be >= 3 ([CLS], a token, [SEP])")
   if not vocab:
-    raise ValueError("--vocab is required: the WordPiece vocab.txt to tokenise captions "
-                     "with (e.g. bert-base-uncased's); nothing is downloaded")
+    raise BadValueError("--vocab is required: the WordPiece vocab.txt to tokenise captions "
+                        "with (e.g. bert-base-uncased's); nothing is downloaded")
   if not os.path.exists(vocab):
-    raise FileNotFoundError(f"--vocab={vocab}: no such file")
+    raise MissingFileError(f"--vocab={vocab}: no such file")
   start = time.time()
   tok = tokenizer_lib.Tokenizer(tokenizer_lib.load_vocab(vocab), lower_case=lower_case)
   policy = ErrorPolicy(skip_bad, print_fn)
   caps = read_captions(captions, tok, policy)
   print_fn(f"captions: {len(caps)} captions of {len(caps.by_image)} images read from "
            f"{captions} ({time.time() - start:.1f} s)")
+  if not len(caps):
+    raise schema.DatasetError(
+        f"{captions}: no captions read (expected JSON lines {{\"image_id\": ..., "
+        "\"caption\": \"...\"}}" + (f"; {sum(policy.counts.values())} skipped as bad)"
+                                    if policy.counts else ")"))
+  long_captions = caption_length_report(caps.lengths(), text_len)
+  if long_captions["captions_over_text_len"]:
+    print_fn(f"note: {long_captions['captions_over_text_len']} of {len(caps)} captions are "
+             f"longer than --text_len={text_len} tokens ([CLS] and [SEP] included; the "
+             f"longest has {long_captions['longest_caption_tokens']}): they are stored "
+             "whole and training truncates them to config.data.text_len")
 
   importer = get_importer(format)
   if format == "lxmert_tsv" and not num_classes:
@@ -269,7 +309,7 @@ def run(*, format, features, captions, output_dir, split="train", vocab=None,
         f"{first['source']}: the records have no class target (no cls_prob column / "
         "soft_labels array, no object ids); MRM needs one")
   elif not num_classes:
-    raise ValueError("--num_classes is required for object-id class targets")
+    raise BadValueError("--num_classes is required for object-id class targets")
   class_target = "distribution" if has_distribution else "object_ids"
 
   def all_records():
@@ -294,14 +334,14 @@ def run(*, format, features, captions, output_dir, split="train", vocab=None,
       output_dir, split, stream, caps, feature_dim=feature_dim, num_classes=num_classes,
       class_target=class_target, vocab_size=tok.vocab_size, lower_case=lower_case,
       source_format=format, skipped=policy.counts, shard_bytes=shard_bytes,
-      compression=compression, log_every=0,
-      on_image=progress)
+      compression=compression, log_every=0, extra_split_info=long_captions,
+      overwrite=overwrite, on_image=progress)
   seconds = time.time() - start
   report = {"split": split, "output_dir": output_dir, "format": format,
             "images": info["images"], "captions": info["captions"],
             "images_without_captions": info["images_without_captions"],
             "skipped": dict(policy.counts), "feature_dim": feature_dim,
-            "num_classes": num_classes, "class_target": class_target,
+            "num_classes": num_classes, "class_target": class_target, **long_captions,
             "seconds": round(seconds, 2),
             "images_per_s": round(info["images"] / max(seconds, 1e-9), 1)}
   print_fn("report: " + json.dumps(report, sort_keys=True))
@@ -314,22 +354,21 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   for name in ("format", "features", "captions", "output_dir", "vocab"):
     if not getattr(FLAGS, name):
-      sys.exit(f"error: --{name} is required (see --help)"
-               + ("; it is the WordPiece vocab.txt, nothing is downloaded"
-                  if name == "vocab" else ""))
-  try:
-    run(format=FLAGS.format, features=FLAGS.features, captions=FLAGS.captions,
-        output_dir=FLAGS.output_dir, split=FLAGS.split, vocab=FLAGS.vocab,
-        lower_case=FLAGS.lower_case, skip_bad=FLAGS.skip_bad,
-        num_classes=FLAGS.num_classes, box_tolerance=FLAGS.box_tolerance,
-        shard_bytes=FLAGS.shard_mb << 20, compression=FLAGS.compression,
-        log_every=FLAGS.log_every,
-        print_fn=lambda s: print(s, flush=True))
-  except (RecordError, schema.DatasetError, FileNotFoundError, ValueError) as e:
-    sys.exit(f"error: {e}")
+      raise app.UsageError(f"--{name} is required"
+                           + ("; it is the WordPiece vocab.txt, nothing is downloaded"
+                              if name == "vocab" else ""))
+  # Bad input (errors.UserError: RecordError, DatasetError, a bad --split, no permission,
+  # no space) is one line and exit 2; nothing half-written stays (schema.write_split).
+  run(format=FLAGS.format, features=FLAGS.features, captions=FLAGS.captions,
+      output_dir=FLAGS.output_dir, split=FLAGS.split, vocab=FLAGS.vocab,
+      lower_case=FLAGS.lower_case, skip_bad=FLAGS.skip_bad,
+      num_classes=FLAGS.num_classes, box_tolerance=FLAGS.box_tolerance,
+      shard_bytes=FLAGS.shard_mb << 20, compression=FLAGS.compression,
+      log_every=FLAGS.log_every, text_len=FLAGS.text_len, overwrite=FLAGS.overwrite,
+      print_fn=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
   define_flags()
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TF is only a file writer here.
-  app.run(main)
+  cli.run(main)

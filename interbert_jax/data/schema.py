@@ -31,6 +31,8 @@ from typing import Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequ
 
 import numpy as np
 
+from interbert_jax import errors
+
 SCHEMA_VERSION = 1
 CLASS_TARGETS = ("distribution", "object_ids")
 METADATA_FILE = "metadata.json"
@@ -38,6 +40,9 @@ VOCAB_FILE = "vocab.txt"
 TFDS_SPLIT = "train"            # Every <split>/ directory holds one TFDS split of this name.
 TFDS_NAME = "interbert_images"
 DEFAULT_SHARD_BYTES = 256 << 20
+# The caption length (tokens, [CLS] and [SEP] included) prepare and validate count against
+# when the user gives none: the base config's data.text_len.
+DEFAULT_TEXT_LEN = 36
 COMPRESSIONS = ("zstd", "uncompressed", "snappy")
 # Features stored as float16 (contract); larger magnitudes would become inf.
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -47,7 +52,7 @@ DATASET_KEYS = ("feature_dim", "num_classes", "class_target", "vocab_size", "low
                 "source_format")
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.UserError, ValueError):
   """A prepared dataset (or the data being written into it) breaks the layout."""
 
 
@@ -232,8 +237,27 @@ def box_problem(boxes: np.ndarray, width: float, height: float, tolerance: float
 
 
 def captions_path(data_dir, split):
-  """DIR/<split>_captions.npz."""
-  return os.path.join(data_dir, f"{split}_captions.npz")
+  """DIR/<split>_captions.npz (`split` a plain name: errors.check_name)."""
+  return os.path.join(data_dir, f"{errors.check_name(split, 'split')}_captions.npz")
+
+
+def split_exists(data_dir, split) -> bool:
+  """Whether DIR already holds `split` (its directory, captions or metadata entry)."""
+  if os.path.exists(split_dir(data_dir, split)) or os.path.exists(
+      captions_path(data_dir, split)):
+    return True
+  if os.path.exists(os.path.join(data_dir, METADATA_FILE)):
+    return split in read_metadata(data_dir)["splits"]
+  return False
+
+
+def check_new_split(data_dir, split, overwrite: bool) -> None:
+  """Raises DatasetError when DIR already holds `split` and `overwrite` is off: a split
+  is replaced only when asked. Called before any work."""
+  if not overwrite and split_exists(data_dir, split):
+    raise DatasetError(f"{split_dir(data_dir, split)}: split {split!r} exists in "
+                       f"{data_dir}; pass --overwrite to replace it (other splits are "
+                       "kept), or choose another --split / --output_dir")
 
 
 def _shard_name(index, total):
@@ -249,6 +273,7 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
                 shard_bytes: int = DEFAULT_SHARD_BYTES,
                 compression: str = "zstd",
                 log_every: int = 1000,
+                overwrite: bool = False,
                 on_image: Optional[Callable[[int, Mapping], None]] = None) -> dict:
   """Streams `images` into DIR/<split>/, writes the captions and merges metadata.json.
 
@@ -263,6 +288,9 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
     compression: ArrayRecord chunk compression: "zstd" (smaller, the TFDS default),
       "uncompressed" (about 2x faster random reads on CPU-bound hosts), "snappy".
     on_image: called as on_image(image_index, record) after each record is written.
+    overwrite: replace the split if DIR already holds it (else DatasetError before any
+      work). `split` must be a plain name (errors.check_name): nothing outside DIR is
+      ever written or removed.
 
   Returns the split's metadata entry: {"images", "captions", "images_without_captions",
   "skipped", ...}. The split appears only when complete (written to a temp dir, renamed).
@@ -272,13 +300,15 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
   if compression not in COMPRESSIONS:
     raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
   # Fail before streaming anything, not after hours of writing.
+  errors.check_name(split, "split")
+  check_new_split(out_dir, split, overwrite)
   check_compatible(out_dir, split, feature_dim=int(feature_dim), num_classes=int(num_classes),
                    class_target=class_target, vocab_size=int(vocab_size),
                    lower_case=bool(lower_case))
   has_distribution = class_target == "distribution"
   spec = features_spec(feature_dim, num_classes, has_distribution)
   os.makedirs(out_dir, exist_ok=True)
-  final_dir = os.path.join(out_dir, split)
+  final_dir = split_dir(out_dir, split)
   tmp_dir = os.path.join(out_dir, f".{split}.tmp")
   shutil.rmtree(tmp_dir, ignore_errors=True)
   os.makedirs(tmp_dir)
@@ -293,6 +323,15 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
                         log_every=log_every, on_image=on_image)
   finally:  # A failed run leaves no half-written split behind.
     shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _writer_io(fn, *args, path):
+  """Calls an ArrayRecord writer method; its C++ I/O failures (disk full, a file-size
+  limit, no permission) arrive as RuntimeError: the user's disk, not our bug."""
+  try:
+    return fn(*args)
+  except RuntimeError as e:
+    raise DatasetError(f"cannot write {path}: {errors.one_line(e)}") from None
 
 
 def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
@@ -314,15 +353,15 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
     data = spec.serialize_example(example)
     if writer is None:
       # group_size:1 makes every record individually addressable (random access).
-      writer = array_record_module.ArrayRecordWriter(
-          os.path.join(tmp_dir, f"shard{len(shard_lengths):05d}"),
-          f"group_size:1,{compression}")
+      shard_path = os.path.join(tmp_dir, f"shard{len(shard_lengths):05d}")
+      writer = _writer_io(array_record_module.ArrayRecordWriter, shard_path,
+                          f"group_size:1,{compression}", path=shard_path)
       shard_count, shard_size = 0, 0
-    writer.write(data)
+    _writer_io(writer.write, data, path=shard_path)
     shard_count += 1
     shard_size += len(data)
     if shard_size >= shard_bytes:
-      writer.close()
+      _writer_io(writer.close, path=shard_path)
       writer = None
       shard_lengths.append(shard_count)
       shard_sizes.append(shard_size)
@@ -343,7 +382,7 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
                    log_every / max(now - last_log, 1e-9), now - start)
       last_log = now
   if writer is not None:
-    writer.close()
+    _writer_io(writer.close, path=shard_path)
     shard_lengths.append(shard_count)
     shard_sizes.append(shard_size)
   if n == 0:
@@ -419,7 +458,8 @@ def _decode(example):
 
 
 def split_dir(data_dir, split):
-  return os.path.join(data_dir, split)
+  """DIR/<split>; `split` must be a plain name (errors.check_name), never a path."""
+  return os.path.join(data_dir, errors.check_name(split, "split"))
 
 
 def images_builder(data_dir, split):

@@ -32,6 +32,7 @@ import uuid
 
 import numpy as np
 
+from interbert_jax.errors import BadValueError
 from interbert_jax.data import schema
 from interbert_jax.data import synthetic_world as world
 
@@ -129,43 +130,43 @@ def default_dir(params: dict) -> str:
 def _check_params(params: dict):
   need = world.num_detector_classes_needed(params["num_object_classes"])
   if params["num_classes"] < need:
-    raise ValueError(f"config.model.num_region_classes={params['num_classes']}: the "
-                     f"synthetic data (num_object_classes={params['num_object_classes']}) "
-                     f"needs at least {need} detector classes")
+    raise BadValueError(f"config.model.num_region_classes={params['num_classes']}: the "
+                        f"synthetic data (num_object_classes={params['num_object_classes']}) "
+                        f"needs at least {need} detector classes")
   if params["caption_len"] < 7:
-    raise ValueError(f"config.data.text_len={params['caption_len'] + 2}: the synthetic "
-                     "captions need text_len >= 9")
+    raise BadValueError(f"config.data.text_len={params['caption_len'] + 2}: the synthetic "
+                        "captions need text_len >= 9")
   need = world.longest_short_caption(_param(params, "language"), params["max_objects"],
                                      params["num_object_classes"], params["num_attributes"])
   if params["caption_len"] < need:
-    raise ValueError(f"config.data.text_len={params['caption_len'] + 2}: captions of "
-                     f"{params['max_objects']} objects in "
-                     f"config.data.synthetic.language={_param(params, 'language')!r} "
-                     f"need text_len >= {need + 2}")
+    raise BadValueError(f"config.data.text_len={params['caption_len'] + 2}: captions of "
+                        f"{params['max_objects']} objects in "
+                        f"config.data.synthetic.language={_param(params, 'language')!r} "
+                        f"need text_len >= {need + 2}")
   if params["max_regions"] < 3:
-    raise ValueError(f"config.data.synthetic.max_regions_per_image (or data.max_regions)="
-                     f"{params['max_regions']}: the synthetic "
-                     "images need at least 3 regions")
+    raise BadValueError(f"config.data.synthetic.max_regions_per_image (or data.max_regions)="
+                        f"{params['max_regions']}: the synthetic "
+                        "images need at least 3 regions")
   if not 1 <= params["min_objects"] <= params["max_objects"] <= len(world.GRID):
-    raise ValueError(f"config.data.synthetic.min_objects={params['min_objects']}, "
-                     f"max_objects={params['max_objects']}: need 1 <= min <= max <= "
-                     f"{len(world.GRID)}")
+    raise BadValueError(f"config.data.synthetic.min_objects={params['min_objects']}, "
+                        f"max_objects={params['max_objects']}: need 1 <= min <= max <= "
+                        f"{len(world.GRID)}")
   language = _param(params, "language")
   for key, most in zip(("num_object_classes", "num_attributes"),
                        world.max_object_classes(language)):
     if not 2 <= params[key] <= most:
-      raise ValueError(f"config.data.synthetic.{key}={params[key]}: need 2..{most} in "
-                       f"language {language!r} (0 = the original "
-                       f"{len(world.CLASSES) if key == 'num_object_classes' else len(world.ATTRIBUTES)})")
+      raise BadValueError(f"config.data.synthetic.{key}={params[key]}: need 2..{most} in "
+                          f"language {language!r} (0 = the original "
+                          f"{len(world.CLASSES) if key == 'num_object_classes' else len(world.ATTRIBUTES)})")
   errors = knob_errors(**{k: _param(params, k) for k in KNOB_DEFAULTS})
   if errors:
-    raise ValueError("; ".join(errors))
+    raise BadValueError("; ".join(errors))
   if params["max_clutter"] < 0:
-    raise ValueError(f"config.data.synthetic.max_clutter={params['max_clutter']} < 0")
+    raise BadValueError(f"config.data.synthetic.max_clutter={params['max_clutter']} < 0")
   for split, n in params["num_images"].items():
     if n < 2:
-      raise ValueError(f"config.data.synthetic.num_{split}_images={n}: need >= 2 images "
-                       "(ITM negatives come from other images)")
+      raise BadValueError(f"config.data.synthetic.num_{split}_images={n}: need >= 2 images "
+                          "(ITM negatives come from other images)")
 
 
 def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
@@ -266,11 +267,11 @@ def _ensure(params: dict, directory: str) -> str:
   if _complete(final, params):
     return final
   if os.path.exists(os.path.join(final, PARAMS_FILE)):
-    raise ValueError(f"config.data.synthetic.dir={final!r} holds synthetic data made with "
-                     "other parameters; remove it or choose another directory")
+    raise BadValueError(f"config.data.synthetic.dir={final!r} holds synthetic data made with "
+                        "other parameters; remove it or choose another directory")
   if os.path.exists(final) and os.listdir(final):
-    raise ValueError(f"config.data.synthetic.dir={final!r} exists and is not a synthetic "
-                     "dataset; choose an empty or new directory")
+    raise BadValueError(f"config.data.synthetic.dir={final!r} exists and is not a synthetic "
+                        "dataset; choose an empty or new directory")
   parent = os.path.dirname(final)
   os.makedirs(parent, exist_ok=True)
   tmp = os.path.join(parent, f".{os.path.basename(final)}.tmp-{uuid.uuid4().hex[:8]}")
@@ -302,7 +303,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   config_flags.DEFINE_config_file(
       "config", None, "Config file, e.g. configs/pretrain.py:tiny or "
@@ -312,4 +313,5 @@ if __name__ == "__main__":
   flags.DEFINE_enum("task", "pretrain", TASKS, "pretrain: the pretraining world (train, "
                     "validation, test); retrieval: the downstream set, 5 captions per image "
                     "(test = the world's test images; train, validation = new images).")
-  app.run(main)
+  from interbert_jax import cli
+  cli.run(main)

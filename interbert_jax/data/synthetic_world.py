@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from interbert_jax.errors import BadValueError
 from interbert_jax.data import tokenizer as tokenizer_lib
 from interbert_jax.data.tokenizer import SPECIAL_TOKENS
 
@@ -133,8 +134,8 @@ def vocab_tokens(language="en", num_object_classes=0, num_attributes=0,
     missing = sorted(_lexicon_words(lexicon(language, num_object_classes, num_attributes,
                                             caption_style)) - set(tokens))
     if language != "en" or missing:
-      raise ValueError(f"config.data.synthetic.vocab='bert': the {language!r} words "
-                       f"{missing[:5]} are not tokens of {bundled_bert.vocab_file()}")
+      raise BadValueError(f"config.data.synthetic.vocab='bert': the {language!r} words "
+                          f"{missing[:5]} are not tokens of {bundled_bert.vocab_file()}")
     return tokens
   base = _lexicon_words(LEXICONS[language])
   words = _lexicon_words(lexicon(language, num_object_classes, num_attributes, caption_style))
@@ -259,8 +260,8 @@ def caption_tokens(rng, objects, max_len, order=None, language="en", length=len,
     caption.append(punct[0])
     if length(caption) <= max_len:
       return caption
-  raise ValueError(f"a caption of {len(order)} objects needs {length(caption)} tokens, more "
-                   f"than the {max_len} that fit into config.data.text_len")
+  raise BadValueError(f"a caption of {len(order)} objects needs {length(caption)} tokens, more "
+                      f"than the {max_len} that fit into config.data.text_len")
 
 
 def _some_objects(rng, n_obj, order=None):

@@ -12,6 +12,8 @@ Hand-written because no tokenizer library is a runtime dependency; parity with
 import unicodedata
 from typing import Dict, List, Optional, Sequence
 
+from interbert_jax.errors import BadValueError
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -24,11 +26,11 @@ def load_vocab(path) -> Dict[str, int]:
       if token and token not in vocab:  # A duplicate keeps its first id, as BERT does.
         vocab[token] = index
   if not vocab:
-    raise ValueError(f"{path}: the vocabulary file is empty")
+    raise BadValueError(f"{path}: the vocabulary file is empty")
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]
   if missing:
-    raise ValueError(f"{path}: the vocabulary lacks the special tokens {missing} "
-                     "(a BERT WordPiece vocab.txt is expected)")
+    raise BadValueError(f"{path}: the vocabulary lacks the special tokens {missing} "
+                        "(a BERT WordPiece vocab.txt is expected)")
   return vocab
 
 

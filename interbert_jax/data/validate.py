@@ -20,6 +20,8 @@ from absl import logging as absl_logging
 from absl import flags
 import numpy as np
 
+from interbert_jax import cli
+from interbert_jax import errors
 from interbert_jax.data import schema
 
 FLAGS = flags.FLAGS
@@ -32,6 +34,9 @@ def define_flags():
                        "(evenly spaced; 0 = all).")
   flags.DEFINE_list("split", [], "Splits to check (default: all in metadata.json).")
   flags.DEFINE_float("box_tolerance", 1.0, "Pixels a box may reach past the image.")
+  flags.DEFINE_integer("text_len", 0, "Count the captions longer than this many tokens "
+                       "([CLS] and [SEP] included); 0 = the split's own (prepare "
+                       f"--text_len), else {schema.DEFAULT_TEXT_LEN}.")
 
 
 REGION_BINS = (0, 1, 10, 20, 36, 37, 50, 100, 101)
@@ -55,8 +60,11 @@ def _length_stats(lengths):
           "max": int(lengths.max())}
 
 
-def check_split(data_dir, split, meta, sample, box_tolerance, problems):
-  """Checks one split; appends problem strings; returns its stats dict."""
+def check_split(data_dir, split, meta, sample, box_tolerance, problems, notes=None,
+                text_len=0):
+  """Checks one split; appends problem strings (and notes: long captions); returns its
+  stats dict. text_len 0 = the split's own (metadata.json), else schema.DEFAULT_TEXT_LEN."""
+  notes = [] if notes is None else notes
   info = meta["splits"][split]
   where = os.path.join(data_dir, split)
   stats = {"split": split, "class_target": meta["class_target"],
@@ -98,8 +106,18 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems):
                       f"[0, {meta['vocab_size']})")
     lengths = caps.lengths()
     stats["caption_length"] = _length_stats(lengths)
+    if not len(lengths):
+      problems.append(f"{cap_path}: no captions (every task trains on image-caption pairs; "
+                      "re-prepare the split with its captions file)")
     if len(lengths) and lengths.min() == 0:
       problems.append(f"{cap_path}: {int((lengths == 0).sum())} empty captions")
+    text_len = int(text_len or info.get("text_len") or schema.DEFAULT_TEXT_LEN)
+    over = int(np.sum(lengths + 2 > text_len))
+    stats["text_len"], stats["captions_over_text_len"] = text_len, over
+    if over:
+      notes.append(f"{cap_path}: {over} of {len(lengths)} captions are longer than "
+                   f"text_len={text_len} tokens ([CLS] and [SEP] included; the longest has "
+                   f"{int(lengths.max()) + 2}); training truncates them")
     stats["images_with_captions"] = int(len(np.unique(caps.image_index)))
   if n == 0:
     return stats
@@ -146,8 +164,9 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems):
   return stats
 
 
-def validate(data_dir, splits=(), sample=1000, box_tolerance=1.0):
-  """Returns (stats per split, problems). Never raises for a broken dataset."""
+def validate(data_dir, splits=(), sample=1000, box_tolerance=1.0, text_len=0, notes=None):
+  """Returns (stats per split, problems); appends to `notes` what is sound but worth
+  saying (captions longer than text_len). Never raises for a broken dataset."""
   problems = []
   try:
     meta = schema.read_metadata(data_dir)
@@ -169,7 +188,13 @@ def validate(data_dir, splits=(), sample=1000, box_tolerance=1.0):
       problems.append(f"{data_dir}: split {split!r} is not in metadata.json "
                       f"(has {sorted(meta['splits'])})")
       continue
-    stats.append(check_split(data_dir, split, meta, sample, box_tolerance, problems))
+    try:
+      errors.check_name(split, "--split")
+    except errors.UserError as e:
+      problems.append(str(e))
+      continue
+    stats.append(check_split(data_dir, split, meta, sample, box_tolerance, problems, notes,
+                             text_len))
   return stats, problems
 
 
@@ -178,18 +203,23 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m interbert_jax.data.validate DIR "
                          "[--sample=N] [--split=a,b]")
-  stats, problems = validate(argv[1], FLAGS.split, FLAGS.sample, FLAGS.box_tolerance)
+  notes = []
+  stats, problems = validate(argv[1], FLAGS.split, FLAGS.sample, FLAGS.box_tolerance,
+                             FLAGS.text_len, notes)
   for s in stats:
     print(json.dumps(s, sort_keys=True))
+  for note in notes:
+    print(f"note: {note}")
   if problems:
     print(f"BROKEN: {len(problems)} problem(s) in {argv[1]}:", file=sys.stderr)
     for p in problems:
       print("  " + p, file=sys.stderr)
-    sys.exit(1)
+    return 1
   print(f"OK: {argv[1]} ({len(stats)} split(s))")
+  return 0
 
 
 if __name__ == "__main__":
   define_flags()
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-  app.run(main)
+  cli.run(main)

@@ -15,12 +15,14 @@ file and line; nothing is half-written.
 """
 import json
 import os
-import sys
 import tempfile
 
 from absl import app
 from absl import flags
 
+from interbert_jax import cli
+from interbert_jax import errors
+from interbert_jax.errors import MissingFileError
 from interbert_jax.data import choices as choices_lib
 from interbert_jax.data import prepare
 from interbert_jax.data import schema
@@ -85,7 +87,7 @@ def image_id(item: dict, image_key: str, source: str) -> str:
 def read_annotations(path: str, image_key: str = "img_id"):
   """-> [(image_id, parsed item, source)]; errors name the file and line."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: annotations file not found")
+    raise MissingFileError(f"{path}: annotations file not found")
   items = []
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
@@ -105,6 +107,8 @@ def read_annotations(path: str, image_key: str = "img_id"):
 def run(*, annotations, format, features, vocab, output_dir, split="validation",
         image_key="img_id", lower_case=True, print_fn=print, **prepare_options) -> dict:
   """Imports one split; returns prepare's report plus the number of questions."""
+  errors.check_name(split, "--split")
+  schema.check_new_split(output_dir, split, prepare_options.get("overwrite", False))
   items = read_annotations(annotations, image_key)
   tok = tokenizer_lib.Tokenizer(tokenizer_lib.load_vocab(vocab), lower_case=lower_case)
   # The images go through prepare (all its checks); each question is its image's caption,
@@ -146,19 +150,15 @@ def main(argv):
   F = flags.FLAGS
   for name in ("annotations", "format", "features", "output_dir", "vocab"):
     if not getattr(F, name):
-      print(f"error: --{name} is required (see --help)", file=sys.stderr)
-      sys.exit(2)
-  try:
-    run(annotations=F.annotations, format=F.format, features=F.features, vocab=F.vocab,
-        output_dir=F.output_dir, split=F.split, image_key=F.image_key,
-        lower_case=F.lower_case, num_classes=F.num_classes, box_tolerance=F.box_tolerance,
-        print_fn=lambda s: print(s, flush=True))
-  except (RecordError, schema.DatasetError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+      raise app.UsageError(f"--{name} is required")
+  # Bad input (errors.UserError) is one line and exit 2 (cli.run).
+  run(annotations=F.annotations, format=F.format, features=F.features, vocab=F.vocab,
+      output_dir=F.output_dir, split=F.split, image_key=F.image_key,
+      lower_case=F.lower_case, num_classes=F.num_classes, box_tolerance=F.box_tolerance,
+      text_len=F.text_len, overwrite=F.overwrite, print_fn=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
   prepare.define_flags()
   os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-  app.run(main)
+  cli.run(main)

@@ -14,10 +14,12 @@ import os
 import jax
 import numpy as np
 
+from interbert_jax import errors
+
 MANIFEST = "manifest.json"
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(errors.UserError, ValueError):
   """The directory holds blocks of another evaluation."""
 
 

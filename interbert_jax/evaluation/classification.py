@@ -7,8 +7,8 @@
 Scoring: tasks/classification.py (`eval_terms`), summed by evaluation/finetuned.py
 `score`. Prints one JSON line.
 """
-import sys
 
+from interbert_jax import errors
 from interbert_jax.evaluation import finetuned
 
 TASK = "classification"
@@ -23,4 +23,4 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-  sys.exit(finetuned.run_cli(TASK, description=__doc__.splitlines()[0]))
+  errors.exit_now(finetuned.run_cli(TASK, description=__doc__.splitlines()[0]))

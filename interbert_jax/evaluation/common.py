@@ -7,6 +7,7 @@ import os
 
 import ml_collections
 
+from interbert_jax import errors
 from interbert_jax.checkpoints import model_files
 from interbert_jax.model import build_model
 from interbert_jax.parallel import mesh as mesh_lib
@@ -15,7 +16,7 @@ from interbert_jax.parallel import partitioning
 DTYPES = ("float32", "bfloat16")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(errors.UserError, ValueError):
   """A user mistake (bad checkpoint, data, split or flag); the CLI exits 2 with it."""
 
 

@@ -8,13 +8,13 @@ Used by evaluation/multiple_choice.py and evaluation/classification.py.
 import argparse
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from interbert_jax import errors
 from interbert_jax import tasks
 from interbert_jax.evaluation.common import EvaluationError
 
@@ -99,6 +99,7 @@ def run_task(task_name: str, args) -> dict:
                   weights=args.weights, batch_size=args.batch_size)
 
 
+@errors.cli_main
 def run_cli(task_name: str, argv=None, description: str = "") -> int:
   """Standalone `python -m interbert_jax.evaluation.<task>`: the flags of
   `python -m interbert_jax.evaluate TASK`, one JSON line on stdout (and --output)."""
@@ -113,11 +114,8 @@ def run_cli(task_name: str, argv=None, description: str = "") -> int:
   p.add_argument("--output", default="", help="also write the JSON here")
   add_arguments(p)
   args = p.parse_args(argv)
-  try:
-    result = run_task(task_name, args)
-  except (EvaluationError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  errors.check_name(args.split, "--split")
+  result = run_task(task_name, args)
   line = json.dumps(result, sort_keys=True)
   print(line)
   if args.output:

@@ -7,8 +7,8 @@
 Scoring: tasks/multiple_choice.py (`eval_terms`: softmax over the 4 choices' Dense(1)
 logits), summed by evaluation/finetuned.py `score`. Prints one JSON line.
 """
-import sys
 
+from interbert_jax import errors
 from interbert_jax.evaluation import finetuned
 
 TASK = "multiple_choice"
@@ -23,4 +23,4 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-  sys.exit(finetuned.run_cli(TASK, description=__doc__.splitlines()[0]))
+  errors.exit_now(finetuned.run_cli(TASK, description=__doc__.splitlines()[0]))

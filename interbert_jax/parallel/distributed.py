@@ -2,6 +2,8 @@
 import logging
 import os
 
+from interbert_jax.errors import BadValueError
+
 
 def _launched_multiprocess() -> bool:
   """True when the environment shows a multi-process launch (SLURM, MPI, TPU pod, explicit)."""
@@ -23,7 +25,7 @@ def maybe_initialize(mode: str = "auto") -> bool:
   Must run before anything touches the devices.
   """
   if mode not in ("auto", "true", "false"):
-    raise ValueError(f"--distributed={mode!r}: expected auto | true | false")
+    raise BadValueError(f"--distributed={mode!r}: expected auto | true | false")
   if mode == "false" or (mode == "auto" and not _launched_multiprocess()):
     return False
   import jax  # pylint: disable=g-import-not-at-top

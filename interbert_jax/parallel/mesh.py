@@ -4,6 +4,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from interbert_jax.errors import BadValueError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -16,20 +18,20 @@ def resolve_mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
   free = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
   bad = [a for a, s in zip(MESH_AXES, sizes) if s == 0 or s < -1]
   if bad:
-    raise ValueError(f"config.mesh.{bad[0]}={mesh_config[bad[0]]}: mesh sizes must be "
-                     "positive, or -1 for 'the remaining devices'.")
+    raise BadValueError(f"config.mesh.{bad[0]}={mesh_config[bad[0]]}: mesh sizes must be "
+                        "positive, or -1 for 'the remaining devices'.")
   if len(free) > 1:
-    raise ValueError(f"config.mesh: only one axis may be -1, got {free} "
-                     f"({dict(zip(MESH_AXES, sizes))}).")
+    raise BadValueError(f"config.mesh: only one axis may be -1, got {free} "
+                        f"({dict(zip(MESH_AXES, sizes))}).")
   fixed = int(np.prod([s for s in sizes if s != -1]))
   if free:
     if num_devices % fixed:
-      raise ValueError(
+      raise BadValueError(
           f"config.mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices: "
           f"the fixed axes' product {fixed} does not divide the device count.")
     sizes[MESH_AXES.index(free[0])] = num_devices // fixed
   elif fixed != num_devices:
-    raise ValueError(
+    raise BadValueError(
         f"config.mesh: data*fsdp*tensor = {fixed} ({dict(zip(MESH_AXES, sizes))}) but "
         f"there are {num_devices} devices; set one axis to -1 or make the product match.")
   return tuple(sizes)

@@ -10,11 +10,13 @@ the task's module.
 """
 import importlib
 
+from interbert_jax.errors import BadValueError
+
 TASKS = ("pretrain", "retrieval", "multiple_choice", "classification")   # config.task
 
 
 def get_task(config):
   """The Task object for `config.task` (one of TASKS; checked at start-up)."""
   if config.task not in TASKS:
-    raise ValueError(f"config.task={config.task!r}: must be one of {TASKS}")
+    raise BadValueError(f"config.task={config.task!r}: must be one of {TASKS}")
   return importlib.import_module(f"interbert_jax.tasks.{config.task}").TASK

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from interbert_jax import errors as errors_lib
 from interbert_jax import tasks
 from interbert_jax.data import itm_negatives
 from interbert_jax.data import masking
@@ -36,7 +37,7 @@ ENUMERATED = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(errors_lib.UserError, ValueError):
   """A config value that cannot work; str() lists every problem found."""
 
 
@@ -157,6 +158,10 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
         "must be in (0, 1) (relative to ln 2)")
   check(config.peak_flops_per_device >= 0, "peak_flops_per_device",
         "must be >= 0 (0 = measure at start-up)")
+  for key in ("data.train_split", "data.eval_split"):   # each becomes DIR/<split>
+    check(isinstance(_get(config, key), str) and bool(
+        errors_lib.NAME_PATTERN.match(_get(config, key))) and _get(config, key) not in (
+            ".", ".."), key, "must be a plain name (letters, digits, '_.+-'), not a path")
   init_from = config.init_from
   check(not init_from or "://" in init_from or os.path.exists(init_from), "init_from",
         "checkpoint path does not exist")
@@ -167,4 +172,4 @@ def validate_config(config, *, num_devices: int, process_count: int = 1) -> None
   """Raises ConfigError listing every problem of `config_errors`."""
   errors = config_errors(config, num_devices=num_devices, process_count=process_count)
   if errors:
-    raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    raise ConfigError("invalid config: " + "; ".join(errors))

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from interbert_jax.errors import BadValueError
+
 OPTIMIZERS = ("adamw",)                          # allowed config.optimizer.name
 # allowed config.optimizer.schedule: "linear_decay" (pretraining) | "step_decay" (fine-tuning:
 # warm-up, then constant with x decay_factor at each of decay_epochs).
@@ -39,7 +41,7 @@ def learning_rate_schedule(config, steps_per_epoch: float | None = None) -> opta
   lr = float(opt.learning_rate)
   if opt.schedule == "step_decay":
     if not steps_per_epoch:
-      raise ValueError("config.optimizer.schedule='step_decay' needs steps_per_epoch")
+      raise BadValueError("config.optimizer.schedule='step_decay' needs steps_per_epoch")
     scales = {}
     for epoch in opt.decay_epochs:
       boundary = max(int(round(float(epoch) * steps_per_epoch)) - warmup, 0)

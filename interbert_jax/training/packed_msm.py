@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from interbert_jax.errors import BadValueError
 from interbert_jax.objectives import losses
 from interbert_jax.parallel import partitioning
 
@@ -85,8 +86,8 @@ def msm_numerators(head_fn, text_hidden, batch: dict, fraction: float):
   mesh = jax.sharding.get_abstract_mesh()
   axes, groups = batch_shards(mesh)
   if b % groups:
-    raise ValueError(f"loss.msm_packing: a (micro)batch of {b} does not split over the "
-                     f"{groups} batch shards of the mesh")
+    raise BadValueError(f"loss.msm_packing: a (micro)batch of {b} does not split over the "
+                        f"{groups} batch shards of the mesh")
   n = packed_slots(b // groups, p, fraction)
   args = (text_hidden, batch["msm_positions"], batch["msm_targets"], batch["msm_weights"])
   pack = lambda *a: pack_group(*a, n=n)

@@ -8,6 +8,7 @@ default re-raises; `prepare --skip_bad` counts them and moves on.
 """
 import importlib
 
+from interbert_jax.errors import BadValueError
 from interbert_jax.data.importers.common import RecordError, raise_error  # noqa: F401
 
 FORMATS = ("butd_tsv", "lxmert_tsv", "npz_dir")
@@ -16,5 +17,5 @@ FORMATS = ("butd_tsv", "lxmert_tsv", "npz_dir")
 def get_importer(name):
   """The importer module for a format name ("butd_tsv" | "lxmert_tsv" | "npz_dir")."""
   if name not in FORMATS:
-    raise ValueError(f"unknown format {name!r}: one of {', '.join(FORMATS)}")
+    raise BadValueError(f"unknown format {name!r}: one of {', '.join(FORMATS)}")
   return importlib.import_module(f"interbert_jax.data.importers.{name}")

@@ -6,8 +6,11 @@ import os
 
 import numpy as np
 
+from interbert_jax import errors
+from interbert_jax.errors import MissingFileError
 
-class RecordError(ValueError):
+
+class RecordError(errors.UserError, ValueError):
   """A bad input record: `reason` is a short key counted by --skip_bad; the message
   names the file and the line (or record) and says what is wrong."""
 
@@ -29,9 +32,12 @@ def expand_paths(paths):
   for pattern in paths:
     matches = sorted(glob.glob(pattern))
     if not matches:
-      raise FileNotFoundError(f"{pattern}: no such file")
+      raise MissingFileError(f"{pattern}: no such file")
     out.extend(matches)
   return out
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def tsv_rows(path):
@@ -44,6 +50,8 @@ def tsv_rows(path):
   """
   with open(path, "rb") as f:
     for line_no, line in enumerate(f, 1):
+      if line_no == 1 and line.startswith(UTF8_BOM):
+        line = line[len(UTF8_BOM):]   # a BOM (editors on Windows) is not part of the id
       line = line.rstrip(b"\r\n")
       if not line.strip():
         continue  # Blank lines (e.g. a trailing newline) are not records.

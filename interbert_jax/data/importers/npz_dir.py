@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from interbert_jax.errors import MissingFileError
 from interbert_jax.data.importers.common import RecordError, raise_error
 
 _SIZE_KEYS = (("width", "height"), ("image_w", "image_h"), ("w", "h"))
@@ -23,11 +24,11 @@ def _list_npz(paths):
   dirs = [p for p in paths.split(",") if p] if isinstance(paths, str) else list(paths)
   for d in dirs:
     if not os.path.isdir(d):
-      raise FileNotFoundError(f"{d}: not a directory (--format=npz_dir wants a directory "
-                              "of .npz files)")
+      raise MissingFileError(f"{d}: not a directory (--format=npz_dir wants a directory "
+                             "of .npz files)")
     names = sorted(e.name for e in os.scandir(d) if e.name.endswith(".npz"))
     if not names:
-      raise FileNotFoundError(f"{d}: no .npz files")
+      raise MissingFileError(f"{d}: no .npz files")
     for name in names:
       yield os.path.join(d, name)
 

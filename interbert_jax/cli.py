@@ -1,0 +1,88 @@
+"""How every absl program of the project starts and ends (errors.py has the error model).
+
+  if __name__ == "__main__":
+    cli.run(main)
+
+- flags that do not parse (an unknown flag, a bad value, an unknown `--config.KEY`, a config
+  file or variant that does not load) print one line, `error: ...`, and exit 2;
+- `main` runs under `errors.cli_main`: a UserError (or an environmental OSError) is one
+  line and exit 2, a RunError one line and exit 1, anything else keeps its traceback.
+"""
+import re
+import sys
+
+from absl import app
+from absl import flags
+
+from interbert_jax import errors
+
+
+def _innermost(e: BaseException) -> BaseException:
+  for _ in range(10):
+    inner = e.__cause__ or e.__context__
+    if inner is None:
+      break
+    e = inner
+  return e
+
+
+def _flag_of(argv, key: str) -> str | None:
+  """The command-line argument that names config key `key` (e.g. --config.model.fusoin=x)."""
+  for arg in argv[1:]:
+    name = arg.split("=", 1)[0]
+    if name.startswith("--") and (name.endswith("." + key) or f".{key}." in name):
+      return arg
+  return None
+
+
+def flag_error_message(e: BaseException, argv) -> str:
+  """One line for a flag-parsing failure (absl or ml_collections config_flags)."""
+  if isinstance(e, (AttributeError, KeyError)):
+    text = str(e.args[0] if e.args else e).strip("'\"")
+    key = re.match(r"\W*(\w+)", text)
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    arg = _flag_of(argv, key.group(1)) if key else None
+    return (f"{arg or 'a --config override'}: no such config key "
+            f"{key.group(1) if key else text!r}"
+            + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+            + "; `--helpfull` lists the flags, configs/pretrain.py the keys")
+  if isinstance(e, flags.Error):
+    return str(e)
+  return str(_innermost(e))
+
+
+def config_value(holder, flag: str = "--config"):
+  """The ConfigDict of a `config_flags.DEFINE_config_file` holder; a config file that did
+  not load is a UserError naming the flag and the cause."""
+  try:
+    value = holder.value
+    if value is not None:
+      value.keys()   # a config that failed to load raises only when first read
+    return value
+  except OSError as e:
+    raise errors.UserError(f"{flag}: the config file did not load: "
+                           f"{errors.one_line(_innermost(e))}") from None
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+    # AttributeError / KeyError: an unknown --config.KEY; ValueError: a config variant or
+    # value the config file refuses; OSError: a config file that cannot be read.
+    print(f"error: {errors.one_line(flag_error_message(e, argv))}", file=sys.stderr)
+    errors.exit_now(2)
+
+
+def run(main) -> None:
+  """app.run(main) with one-line errors (module docstring); app.UsageError (a missing or
+  unexpected argument) is a user error too."""
+
+  @errors.cli_main
+  def checked(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      raise errors.UserError(f"{e} (see --help)") from None
+
+  app.run(lambda argv: errors.exit_now(checked(argv)), flags_parser=_parse_flags)
