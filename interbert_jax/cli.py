@@ -35,15 +35,18 @@ def _flag_of(argv, key: str) -> str | None:
   return None
 
 
-def flag_error_message(e: BaseException, argv) -> str:
-  """One line for a flag-parsing failure (absl or ml_collections config_flags)."""
+def flag_error_message(e: BaseException, argv) -> str | None:
+  """One line for a flag-parsing failure (absl or ml_collections config_flags), or None
+  when it is not the user's (an AttributeError / KeyError that no --config.KEY argument
+  explains is a bug in the config file, and keeps its traceback)."""
   if isinstance(e, (AttributeError, KeyError)):
     text = str(e.args[0] if e.args else e).strip("'\"")
     key = re.match(r"\W*(\w+)", text)
-    hint = re.search(r'Did you mean "(\w+)"', text)
     arg = _flag_of(argv, key.group(1)) if key else None
-    return (f"{arg or 'a --config override'}: no such config key "
-            f"{key.group(1) if key else text!r}"
+    if arg is None:
+      return None
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    return (f"{arg}: no such config key {key.group(1)!r}"
             + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
             + "; `--helpfull` lists the flags, configs/pretrain.py the keys")
   if isinstance(e, flags.Error):
@@ -70,7 +73,10 @@ def _parse_flags(argv):
   except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
     # AttributeError / KeyError: an unknown --config.KEY; ValueError: a config variant or
     # value the config file refuses; OSError: a config file that cannot be read.
-    print(f"error: {errors.one_line(flag_error_message(e, argv))}", file=sys.stderr)
+    message = flag_error_message(e, argv)
+    if message is None:
+      raise
+    print(f"error: {errors.one_line(message)}", file=sys.stderr)
     errors.exit_now(2)
 
 

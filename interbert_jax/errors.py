@@ -32,7 +32,7 @@ USER_ERRNOS = {
     errno.EISDIR: "is a directory",
     errno.EEXIST: "already exists",
 }
-MAX_LINE = 600
+MAX_LINE = 4000   # one line, however long: a run error lists every checkpoint it tried
 
 
 class UserError(Exception):
@@ -94,7 +94,7 @@ def user_error_of(e: BaseException) -> UserError | None:
       text = describe_os_error(e)
       if text is not None:
         return UserError(text)
-    e = e.__cause__ or e.__context__
+    e = e.__cause__   # explicit wrapping only: a bug raised while handling an error stays a bug
     seen += 1
   return None
 
@@ -112,12 +112,23 @@ def report(e: BaseException) -> int:
   return 2
 
 
+def _drop_closed_event_loop(unraisable, default=sys.unraisablehook):
+  """sys.unraisablehook that drops TensorStore's "Event loop is closed" RuntimeErrors (its
+  C++ threads finish reads of a failed orbax restore after orbax closed the asyncio loop:
+  noise after the one line that says what failed) and passes everything else on."""
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and "Event loop is closed" in str(unraisable.exc_value)):
+    return
+  default(unraisable)
+
+
 def cli_main(fn):
   """Decorates a CLI's main: UserError (and environmental OSError) -> one line, returns 2;
   RunError -> one line, returns 1; otherwise fn's return value (None = 0). Bugs raise."""
 
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
+    sys.unraisablehook = _drop_closed_event_loop
     try:
       return fn(*args, **kwargs) or 0
     except (UserError, RunError, OSError) as e:
@@ -138,8 +149,21 @@ def exit_now(code) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   if code:
+    _stop_children()
     os._exit(code)
   sys.exit(0)
+
+
+def _stop_children(timeout: float = 5.0) -> None:
+  """Terminates the multiprocessing children (data loader workers) that interpreter
+  teardown would have stopped: os._exit skips it, and a worker blocked on its queue would
+  outlive us."""
+  import multiprocessing   # pylint: disable=g-import-not-at-top
+  children = multiprocessing.active_children()
+  for child in children:
+    child.terminate()
+  for child in children:
+    child.join(timeout)
 
 
 # Names that become one path component: a split, a run name, a task, a format.

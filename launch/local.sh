@@ -19,6 +19,10 @@
 # JAX_PLATFORMS (default cpu). --dry_run prints the NPROC commands instead.
 set -euo pipefail
 
+if (( BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1) )); then
+  echo "launch/local.sh: needs bash >= 5.1 (wait -n -p); this is ${BASH_VERSION}" >&2
+  exit 2
+fi
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: launch/local.sh NPROC [--dry_run] [python -m interbert_jax.main flags]" >&2
   exit 2
@@ -79,8 +83,11 @@ while (( ${#RUNNING[@]} > 0 )); do
   rc=0
   done_pid=
   wait -n -p done_pid "${RUNNING[@]}" || rc=$?
-  if [[ -z "${done_pid}" ]]; then   # wait itself was interrupted by the trap
-    continue
+  if [[ -z "${done_pid}" ]]; then
+    (( rc > 128 )) && continue      # wait itself was interrupted by the trap
+    echo "local.sh: wait failed (${rc}); stopping the processes" >&2
+    kill -TERM "${RUNNING[@]}" 2>/dev/null || true
+    exit 1
   fi
   left=()
   for p in "${RUNNING[@]}"; do [[ "${p}" == "${done_pid}" ]] || left+=("${p}"); done

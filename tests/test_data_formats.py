@@ -302,9 +302,9 @@ def test_validate_detects_nan_features(files, tmp_path, monkeypatch):
     return example
 
   monkeypatch.setattr(schema, "to_example", corrupt)
-  schema.write_split(out, "train", iter(images), {}, feature_dim=F, num_classes=C,
-                     class_target="distribution", vocab_size=len(VOCAB), lower_case=True,
-                     source_format="test")
+  schema.write_split(out, "train", iter(images), {"img0": [[5, 6]]}, feature_dim=F,
+                     num_classes=C, class_target="distribution", vocab_size=len(VOCAB),
+                     lower_case=True, source_format="test")
   schema.write_vocab(out, VOCAB)
   problems = validate.validate(out)[1]
   assert len(problems) == 1 and "record 2 (image 'img2'): features contain NaN" in problems[0]
@@ -321,7 +321,7 @@ def test_cli_exit_codes(files, tmp_path):
                                   text=True, env=env, cwd=REPO)
   p = run("interbert_jax.data.prepare", "--format=butd_tsv", f"--features={tsv}",
           f"--captions={caps}", f"--output_dir={out}", "--lower_case=true")
-  assert "--vocab is required" in p.stderr and p.returncode == 1
+  assert "--vocab is required" in p.stderr and p.returncode == 2   # a user error: exit 2
   p = run("interbert_jax.data.prepare", "--format=butd_tsv", f"--features={tsv}",
           f"--captions={caps}", f"--output_dir={out}", f"--vocab={vocab}",
           "--log_every=2")

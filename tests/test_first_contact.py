@@ -252,6 +252,14 @@ def _cases(world, trained, tmp):
                               "--config.model.fusoin=sum", f"--workdir={tmp / 'w'}"], [],
                              ["--config.model.fusoin=sum", 'did you mean "fusion"']),
   }
+  latin1 = tmp / "latin1.jsonl"
+  latin1.write_bytes(b'{"image_id": "img0", "caption": "a caf\xe9"}\n')
+  cases["captions not UTF-8"] = (prep(f"--output_dir={data}", "--split=more",
+                                      captions=str(latin1)), [data],
+                                 ["latin1.jsonl:line 1", "not UTF-8"])
+  cases["split named like a dataset file"] = (
+      prep(f"--output_dir={data}", "--split=train_captions.npz"), [data],
+      ["name of a dataset file"])
   # Zero captions: a captions file whose lines name no caption.
   empty = write_lines(tmp / "empty.jsonl", [""])
   cases["zero captions"] = (prep(f"--output_dir={tmp / 'zero'}", captions=empty), [],
@@ -265,6 +273,11 @@ def _cases(world, trained, tmp):
   work = tmp / "work_trunc"
   _copy(trained["workdir"], work)
   _truncate_largest(work / "checkpoints" / "2" / "params")
+  work_del = tmp / "work_deleted"
+  _copy(trained["workdir"], work_del)
+  os.remove(_largest_file(work_del / "checkpoints" / "2" / "params"))
+  native_trunc = _copy(trained["native"], tmp / "native_trunc")
+  _truncate_largest(native_trunc / "params")
   st = _copy(trained["safetensors"], tmp / "st_trunc")
   with open(st / "model.safetensors", "r+b") as f:
     f.truncate(os.path.getsize(st / "model.safetensors") // 2)
@@ -276,6 +289,12 @@ def _cases(world, trained, tmp):
       "export truncated checkpoint": (
           ["interbert_jax.export", f"--workdir={work}", f"--output={tmp / 'e1'}"], [work],
           ["cannot be read"]),
+      "export deleted checkpoint file": (
+          ["interbert_jax.export", f"--workdir={work_del}", f"--output={tmp / 'e2'}"],
+          [work_del], ["cannot be read"]),
+      "convert truncated export": (
+          ["interbert_jax.convert", "to_reference", f"--checkpoint={native_trunc}",
+           f"--output={tmp / 'ref3.safetensors'}"], [native_trunc], ["cannot restore params"]),
       "evaluate truncated checkpoint": (
           ["interbert_jax.evaluate", "retrieval", f"--checkpoint={ckpt}", f"--data={data}"],
           [ckpt], ["--checkpoint=", os.path.basename(os.path.dirname(truncated))]),
@@ -302,8 +321,10 @@ def _cases(world, trained, tmp):
   return cases
 
 
-TABLE = ["split empty", "split ..", "split absolute", "split exists", "unknown config key",
-         "zero captions", "export truncated checkpoint", "evaluate truncated checkpoint",
+TABLE = ["split empty", "split ..", "split absolute", "split exists",
+         "split named like a dataset file", "captions not UTF-8", "unknown config key",
+         "zero captions", "export truncated checkpoint", "export deleted checkpoint file",
+         "convert truncated export", "evaluate truncated checkpoint",
          "evaluate deleted checkpoint file", "evaluate truncated safetensors",
          "convert truncated safetensors", "convert deleted export file",
          "convert output exists", "export output exists"]

@@ -19,7 +19,7 @@ def installed(tmp_path_factory):
   src = root / "src"
   for name in ("interbert_jax", "configs"):
     shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-  for name in ("pyproject.toml", "README.md"):
+  for name in ("pyproject.toml", "README.md", "LICENSE"):
     shutil.copy(REPO / name, src / name)
   site = root / "site"
   proc = subprocess.run(

@@ -105,7 +105,7 @@ def test_sweep_goes_through_the_launch_scripts(tmp_path, capfd):
   assert sbatch[1].startswith(f"CONFIG=configs/pretrain.py:tiny WORKDIR={root}/b sbatch "
                               "--job-name=interbert-b")
   assert f"--output={root}/b/train.log" in sbatch[1]
-  srun = [l for l in slurm if l.startswith("srun")]
+  srun = [l for l in slurm if l.startswith("srun") and "interbert_jax.main" in l]
   assert srun[1].endswith(f"--workdir={root}/b --config.model.fusion=sum "
                           "--config.total_steps=10 ")
 

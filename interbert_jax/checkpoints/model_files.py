@@ -27,6 +27,15 @@ SAFETENSORS_FILE = "model.safetensors"
 FORMATS = ("native", "safetensors")
 
 
+class CheckpointReadError(errors.UserError, ValueError):
+  """A model or training checkpoint that cannot be read: missing, truncated or corrupt
+  files, or tensors that do not fit its config (the message names the path)."""
+
+
+class CheckpointNotFoundError(CheckpointReadError, FileNotFoundError):
+  """The checkpoint directory, or the config.json it needs, does not exist."""
+
+
 def _to_dict(model_config):
   if isinstance(model_config, ml_collections.FrozenConfigDict):
     model_config = ml_collections.ConfigDict(model_config)
@@ -105,7 +114,7 @@ def _find_config(path):
   for candidate in [path, *list(path.parents)[:3]]:
     if (candidate / CONFIG_FILE).exists():
       return candidate / CONFIG_FILE
-  raise CheckpointReadError(
+  raise CheckpointNotFoundError(
       f"no {CONFIG_FILE} in {path} or the three directories above it; a model checkpoint "
       f"needs one (interbert_jax.save_checkpoint writes it)")
 
@@ -122,11 +131,6 @@ def read_model_config(path):
   return ml_collections.ConfigDict(data)
 
 
-class CheckpointReadError(errors.UserError, ValueError):
-  """A model or training checkpoint that cannot be read: missing, truncated or corrupt
-  files, or tensors that do not fit its config (the message names the path)."""
-
-
 def load_checkpoint(path, sharding=None):
   """-> (model, params, model_config).
 
@@ -138,7 +142,7 @@ def load_checkpoint(path, sharding=None):
   import orbax.checkpoint as ocp
   path = epath.Path(path)
   if not path.exists():
-    raise CheckpointReadError(f"checkpoint {path} does not exist")
+    raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
   params_dir = path / PARAMS_DIR if (path / PARAMS_DIR).exists() else path
   model_config = read_model_config(path)
   model = build_model(model_config)

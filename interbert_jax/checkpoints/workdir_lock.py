@@ -108,13 +108,17 @@ class WorkdirLock:
       holder = _parse(os.pread(self._fd, 4096, 0).decode("utf-8", "replace"))
       self._close_fd()
       self._refuse(holder)
-    previous = _parse(os.pread(self._fd, 4096, 0).decode("utf-8", "replace"))
-    if previous:
-      logging.warning("%s: taking over a stale lock (%s): that trainer is no longer running",
-                      self.path, _describe(previous))
-    os.ftruncate(self._fd, 0)
-    os.pwrite(self._fd, (json.dumps(self.holder) + "\n").encode(), 0)
-    os.fsync(self._fd)
+    try:
+      previous = _parse(os.pread(self._fd, 4096, 0).decode("utf-8", "replace"))
+      if previous:
+        logging.warning("%s: taking over a stale lock (%s): that trainer is no longer "
+                        "running", self.path, _describe(previous))
+      os.ftruncate(self._fd, 0)
+      os.pwrite(self._fd, (json.dumps(self.holder) + "\n").encode(), 0)
+      os.fsync(self._fd)
+    except BaseException:
+      self._close_fd()   # not held when its holder could not be written
+      raise
 
   def _write_heartbeat(self):
     self.holder["heartbeat"] = time.time()
@@ -128,7 +132,8 @@ class WorkdirLock:
         dead = same_host and isinstance(holder.get("pid"), int) and not _pid_alive(
             holder["pid"])
         age = time.time() - float(holder.get("heartbeat", 0) or 0)
-        if not dead and age < self.stale_seconds:
+        # A dead pid alone is not enough: containers can share a host name, not pids.
+        if not (dead and age > 2 * self.heartbeat_seconds) and age < self.stale_seconds:
           self._refuse(holder)
         logging.warning("%s: taking over a stale lock (%s): %s", self.path,
                         _describe(holder), "its process is gone" if dead
@@ -144,6 +149,12 @@ class WorkdirLock:
   def _beat(self):
     while not self._stop.wait(self.heartbeat_seconds):
       try:
+        token = _parse(self.path.read_text()).get("token")
+        if token != self.holder["token"]:
+          logging.error("%s: another trainer took this workdir's lock over (this run was "
+                        "silent for over %.0f s): stop one of the two runs", self.path,
+                        self.stale_seconds)
+          return
         self._write_heartbeat()
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("%s: heartbeat not written (%s)", self.path, e)
@@ -153,6 +164,23 @@ class WorkdirLock:
     if self._fd is not None:
       os.close(self._fd)
       self._fd = None
+
+  @staticmethod
+  def held_by_other(workdir: str) -> dict | None:
+    """The holder of a local workdir's lock when a live process holds it, else None (a
+    probe: takes and drops the flock). Object stores: None (the trainer decides)."""
+    path = os.path.join(str(workdir), LOCK_FILE)
+    if "://" in str(workdir) or not os.path.exists(path):
+      return None
+    import fcntl
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+      return None
+    except BlockingIOError:
+      return _parse(os.pread(fd, 4096, 0).decode("utf-8", "replace")) or {}
+    finally:
+      os.close(fd)   # drops the probe's lock too
 
   def release(self) -> None:
     if self._fd is not None:

@@ -39,6 +39,7 @@ from interbert_jax.errors import BadValueError, MissingFileError
 from interbert_jax.data import schema
 from interbert_jax.data import tokenizer as tokenizer_lib
 from interbert_jax.data.importers import RecordError, get_importer
+from interbert_jax.data.importers.common import text_lines
 
 FLAGS = flags.FLAGS
 
@@ -144,31 +145,30 @@ def read_captions(path, tokenizer, on_error) -> CaptionIndex:
   index = CaptionIndex()
   if not os.path.exists(path):
     raise MissingFileError(f"{path}: captions file not found")
-  with open(path, "r", encoding="utf-8-sig") as f:   # -sig: a leading BOM is dropped
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      source = f"{path}:line {line_no}"
+  for line_no, line in text_lines(path):   # UTF-8; a leading BOM is dropped
+    if not line.strip():
+      continue
+    source = f"{path}:line {line_no}"
+    try:
       try:
-        try:
-          item = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise RecordError(source, "bad_caption_line", f"not valid JSON ({e})") from None
-        if not isinstance(item, dict) or "image_id" not in item or "caption" not in item:
-          raise RecordError(source, "bad_caption_line",
-                            'expected an object with "image_id" and "caption"')
-        caption = item["caption"]
-        if not isinstance(caption, str):
-          raise RecordError(source, "bad_caption_line",
-                            f"caption is {type(caption).__name__}, not a string")
-        token_ids = tokenizer.encode(caption)
-        if not token_ids:
-          raise RecordError(source, "empty_caption",
-                            f"caption {caption!r} of image {item['image_id']!r} is empty "
-                            "after tokenisation")
-        index.add(str(item["image_id"]), token_ids, line_no)
-      except RecordError as e:
-        on_error(e)
+        item = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise RecordError(source, "bad_caption_line", f"not valid JSON ({e})") from None
+      if not isinstance(item, dict) or "image_id" not in item or "caption" not in item:
+        raise RecordError(source, "bad_caption_line",
+                          'expected an object with "image_id" and "caption"')
+      caption = item["caption"]
+      if not isinstance(caption, str):
+        raise RecordError(source, "bad_caption_line",
+                          f"caption is {type(caption).__name__}, not a string")
+      token_ids = tokenizer.encode(caption)
+      if not token_ids:
+        raise RecordError(source, "empty_caption",
+                          f"caption {caption!r} of image {item['image_id']!r} is empty "
+                          "after tokenisation")
+      index.add(str(item["image_id"]), token_ids, line_no)
+    except RecordError as e:
+      on_error(e)
   return index
 
 

@@ -238,17 +238,14 @@ def box_problem(boxes: np.ndarray, width: float, height: float, tolerance: float
 
 def captions_path(data_dir, split):
   """DIR/<split>_captions.npz (`split` a plain name: errors.check_name)."""
-  return os.path.join(data_dir, f"{errors.check_name(split, 'split')}_captions.npz")
+  return os.path.join(data_dir, f"{check_split_name(split)}_captions.npz")
 
 
 def split_exists(data_dir, split) -> bool:
-  """Whether DIR already holds `split` (its directory, captions or metadata entry)."""
-  if os.path.exists(split_dir(data_dir, split)) or os.path.exists(
-      captions_path(data_dir, split)):
-    return True
-  if os.path.exists(os.path.join(data_dir, METADATA_FILE)):
-    return split in read_metadata(data_dir)["splits"]
-  return False
+  """Whether DIR already holds `split`'s files (its directory or its captions); a
+  metadata.json entry whose files are gone is a leftover that writing replaces."""
+  return (os.path.exists(split_dir(data_dir, split))
+          or os.path.exists(captions_path(data_dir, split)))
 
 
 def check_new_split(data_dir, split, overwrite: bool) -> None:
@@ -300,7 +297,7 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
   if compression not in COMPRESSIONS:
     raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
   # Fail before streaming anything, not after hours of writing.
-  errors.check_name(split, "split")
+  check_split_name(split)
   check_new_split(out_dir, split, overwrite)
   check_compatible(out_dir, split, feature_dim=int(feature_dim), num_classes=int(num_classes),
                    class_target=class_target, vocab_size=int(vocab_size),
@@ -457,9 +454,18 @@ def _decode(example):
   return out
 
 
+def check_split_name(split: str) -> str:
+  """`split` if it is a plain name (errors.check_name) that no file of the layout uses."""
+  errors.check_name(split, "split")
+  if split in (METADATA_FILE, VOCAB_FILE) or split.endswith(("_captions.npz", ".tmp",
+                                                             "_choices.jsonl")):
+    raise errors.UserError(f"split={split!r} is the name of a dataset file; choose another")
+  return split
+
+
 def split_dir(data_dir, split):
-  """DIR/<split>; `split` must be a plain name (errors.check_name), never a path."""
-  return os.path.join(data_dir, errors.check_name(split, "split"))
+  """DIR/<split>; `split` must be a plain name (check_split_name), never a path."""
+  return os.path.join(data_dir, check_split_name(split))
 
 
 def images_builder(data_dir, split):

@@ -12,6 +12,7 @@ Hand-written because no tokenizer library is a runtime dependency; parity with
 import unicodedata
 from typing import Dict, List, Optional, Sequence
 
+from interbert_jax.data.importers.common import text_lines
 from interbert_jax.errors import BadValueError
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -20,11 +21,10 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 def load_vocab(path) -> Dict[str, int]:
   """Reads a vocab.txt (one token per line, id = line number) into {token: id}."""
   vocab = {}
-  with open(path, "r", encoding="utf-8") as f:
-    for index, line in enumerate(f):
-      token = line.rstrip("\n").rstrip("\r")
-      if token and token not in vocab:  # A duplicate keeps its first id, as BERT does.
-        vocab[token] = index
+  for line_no, line in text_lines(path):   # UTF-8; a leading BOM is dropped
+    token = line.rstrip("\n").rstrip("\r")
+    if token and token not in vocab:  # A duplicate keeps its first id, as BERT does.
+      vocab[token] = line_no - 1
   if not vocab:
     raise BadValueError(f"{path}: the vocabulary file is empty")
   missing = [t for t in SPECIAL_TOKENS if t not in vocab]

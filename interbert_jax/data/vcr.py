@@ -28,6 +28,7 @@ from interbert_jax.data import prepare
 from interbert_jax.data import schema
 from interbert_jax.data import tokenizer as tokenizer_lib
 from interbert_jax.data.importers import RecordError
+from interbert_jax.data.importers.common import text_lines
 
 # R2C's list (VCR's reference code, dataloaders/vcr.py).
 GENDER_NEUTRAL_NAMES = ("Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton",
@@ -89,16 +90,15 @@ def read_annotations(path: str, image_key: str = "img_id"):
   if not os.path.exists(path):
     raise MissingFileError(f"{path}: annotations file not found")
   items = []
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      source = f"{path}:line {line_no}"
-      try:
-        item = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise RecordError(source, "vcr_bad_line", f"not valid JSON ({e})") from None
-      items.append((image_id(item, image_key, source), parse_item(item, source), source))
+  for line_no, line in text_lines(path):   # UTF-8; a leading BOM is dropped
+    if not line.strip():
+      continue
+    source = f"{path}:line {line_no}"
+    try:
+      item = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise RecordError(source, "vcr_bad_line", f"not valid JSON ({e})") from None
+    items.append((image_id(item, image_key, source), parse_item(item, source), source))
   if not items:
     raise schema.DatasetError(f"{path}: no questions")
   return items

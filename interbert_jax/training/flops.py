@@ -67,6 +67,57 @@ def text_path_flops_per_example(config) -> int:
   return 3 * fwd
 
 
+# Dense bf16 peak FLOP/s of one chip from the vendors' datasheets (no structured sparsity),
+# matched against jax's `device_kind` in this order (first substring that matches wins).
+DATASHEET_BF16_PEAK = (
+    ("TPU v6 lite", 918e12),   # v6e (Trillium)
+    ("TPU v6e", 918e12),
+    ("TPU v5 lite", 197e12),   # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),        # v5p reports "TPU v5"
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),          # SXM
+    ("A100", 312e12),
+)
+
+
+def datasheet_peak(device_kind: str) -> float | None:
+  """Dense bf16 peak FLOP/s of a known accelerator (DATASHEET_BF16_PEAK), else None."""
+  for name, peak in DATASHEET_BF16_PEAK:
+    if name.lower() in device_kind.lower():
+      return peak
+  return None
+
+
+def peak_flops_per_device(configured: float, dtype: str) -> tuple[float, str]:
+  """(peak FLOP/s per device, where it came from), the MFU denominator: the configured
+  value when > 0, else the chip's datasheet peak (TPU v4 / v5e / v5p / v6e, A100, H100,
+  H200), else a matmul measured on one local device (CPU, unknown chips). Measure before
+  entering a multi-device mesh: a one-device computation inside it is refused."""
+  if configured:
+    return float(configured), "config"
+  device = jax.local_devices()[0]
+  peak = datasheet_peak(getattr(device, "device_kind", ""))
+  if peak is not None:
+    return peak, f"datasheet dense bf16, {device.device_kind}"
+  return measure_peak_flops(dtype), "measured matmul"
+
+
+def mfu(flops_per_example: float, examples_per_sec: float, peak: float, devices: int,
+        source: str) -> tuple[float, float]:
+  """-> (MFU in [0, 1], the peak used). Against a measured matmul (no datasheet), a step
+  faster than the start-up measurement (a busy host at start-up) proves the peak is at least
+  that fast: the peak is raised to it, so MFU never reads above 100%."""
+  achieved = flops_per_example * examples_per_sec / max(devices, 1)
+  if source == "measured matmul" and achieved > peak:
+    peak = achieved
+  return achieved / peak, peak
+
+
 def measure_peak_flops(dtype: str = "float32", size: int | None = None, repeats: int = 5) -> float:
   """FLOP/s of a large square matmul on one device (the MFU denominator).
 

@@ -8,8 +8,47 @@ from etils import epath
 import numpy as np
 
 
+class _EpathEventFile:
+  """An event file on an object store (gs://, through etils.epath): object stores cannot
+  append, so every flush rewrites the whole (small: scalars only) file."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.buffer = bytearray()
+
+  def write(self, data: bytes):
+    self.buffer += data
+
+  def flush(self):
+    self.path.write_bytes(bytes(self.buffer))
+
+  def close(self):
+    self.flush()
+
+
+class _EpathEventFileFactory:
+  """tensorboardX's writer factory for URL schemes, on the project's one file layer."""
+
+  def open(self, path):
+    return _EpathEventFile(path)
+
+  def directory_check(self, path):
+    del path   # object stores need no directories
+
+
+def _tensorboard_writer(logdir: str):
+  """A tensorboardX SummaryWriter (events without TensorFlow) for a local dir or a URL."""
+  from tensorboardX import SummaryWriter   # pylint: disable=g-import-not-at-top
+  from tensorboardX import record_writer   # pylint: disable=g-import-not-at-top
+  if "://" in logdir:
+    record_writer.register_writer_factory(logdir.split("://", 1)[0],
+                                          _EpathEventFileFactory())
+  return SummaryWriter(logdir=logdir, flush_secs=60)
+
+
 class MetricsWriter:
-  """Appends one JSON object per call to metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per call to metrics.jsonl and mirrors scalars to TensorBoard
+  (DIR/tb, written by tensorboardX: no TensorFlow)."""
 
   def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
@@ -21,17 +60,7 @@ class MetricsWriter:
       self._lines = [l + "\n" for l in self.path.read_text().splitlines() if l.strip()]
     self._tb = None
     if enabled and tensorboard:
-      # pylint: disable=g-import-not-at-top  (slow import, TensorBoard only)
-      import tensorflow as tf
-      from tensorflow.core.framework import summary_pb2
-      # TF only writes event files here: keep it off the accelerators JAX owns.
-      tf.config.set_visible_devices([], "GPU")
-      self._tf = tf
-      # tf.summary.scalar needs the tensorboard package; the raw write op with the
-      # scalars plugin's metadata produces the same events without it.
-      self._scalar_metadata = summary_pb2.SummaryMetadata(
-          plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+      self._tb = _tensorboard_writer(os.path.join(str(workdir), "tb"))
 
   def write(self, step: int, scalars: dict):
     if not self.enabled:
@@ -46,11 +75,9 @@ class MetricsWriter:
       with open(self.path, "a") as f:
         f.write(line)
     if self._tb is not None:
-      with self._tb.as_default():
-        for k, v in record.items():
-          if k != "step" and v is not None and math.isfinite(v):
-            self._tf.summary.write(k, self._tf.constant(v, self._tf.float32), step=int(step),
-                                   metadata=self._scalar_metadata)
+      for k, v in record.items():
+        if k != "step" and v is not None and math.isfinite(v):
+          self._tb.add_scalar(k, v, global_step=int(step))
       self._tb.flush()
 
   def close(self):

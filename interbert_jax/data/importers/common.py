@@ -58,6 +58,22 @@ def tsv_rows(path):
       yield line_no, line.split(b"\t")
 
 
+def text_lines(path):
+  """Yields (line_number, str) of a UTF-8 text file (JSON lines, vocab.txt), the line ending
+  kept; a leading byte-order mark is dropped; a line that is not UTF-8 raises
+  RecordError naming the file and line."""
+  with open(path, "rb") as f:
+    for line_no, line in enumerate(f, 1):
+      if line_no == 1 and line.startswith(UTF8_BOM):
+        line = line[len(UTF8_BOM):]
+      try:
+        yield line_no, line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise RecordError(f"{path}:line {line_no}", "not_utf8",
+                          f"not UTF-8 text ({e.reason} at byte {e.start}); save the file "
+                          "as UTF-8") from None
+
+
 def text(column: bytes) -> str:
   """A non-base64 column (id, size, count) as str."""
   return column.decode("utf-8", errors="replace").strip()
