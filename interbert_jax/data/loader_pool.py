@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process   # BrokenProcessPool: the submodule is not imported by the package
 import itertools
 import multiprocessing
 import os
