@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")      # TF is only used for its file formats.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")      # the input pipeline runs on the host.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

@@ -46,7 +46,7 @@ ARGS=("--config=${CONFIG}" "--workdir=${WORKDIR}")
 [[ -n "${INIT_FROM:-}" ]] && ARGS+=("--config.init_from=${INIT_FROM}")
 ARGS+=(${FLAGS[@]+"${FLAGS[@]}"})
 
-# XLA GPU flags commonly used for transformer training; tf.data stays on the CPU.
+# XLA GPU flags commonly used for transformer training; the input pipeline stays on the CPU.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true"
 export TF_CPP_MIN_LOG_LEVEL=2

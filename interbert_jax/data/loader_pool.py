@@ -58,7 +58,7 @@ def _died(processes: dict) -> WorkerDiedError:
 
 def _init_worker(factory: Tuple[Callable, tuple]):
   global _WORKER_MAKER
-  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")    # TF in a worker only reads files.
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")    # a worker only reads files: no GPU runtime.
   make, args = factory
   _WORKER_MAKER = make(*args)
 

@@ -370,5 +370,5 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # TF is only a file writer here.
+  os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # prepare only writes files: no GPU runtime.
   cli.run(main)
