@@ -17,15 +17,6 @@ from absl import flags
 from interbert_jax import errors
 
 
-def _innermost(e: BaseException) -> BaseException:
-  for _ in range(10):
-    inner = e.__cause__ or e.__context__
-    if inner is None:
-      break
-    e = inner
-  return e
-
-
 def _flag_of(argv, key: str) -> str | None:
   """The command-line argument that names config key `key` (e.g. --config.model.fusoin=x)."""
   for arg in argv[1:]:
@@ -50,8 +41,12 @@ def flag_error_message(e: BaseException, argv) -> str | None:
             + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
             + "; `--helpfull` lists the flags, configs/pretrain.py the keys")
   if isinstance(e, flags.Error):
-    return str(e)
-  return str(_innermost(e))
+    cause = errors.innermost(e)
+    flag = re.match(r"(flag \S+): ", str(e))
+    if cause is e or flag is None:
+      return str(e)
+    return f"{flag.group(1)}: {cause}"   # e.g. the config file's own error, not its traceback
+  return str(errors.innermost(e))
 
 
 def config_value(holder, flag: str = "--config"):
@@ -64,7 +59,7 @@ def config_value(holder, flag: str = "--config"):
     return value
   except OSError as e:
     raise errors.UserError(f"{flag}: the config file did not load: "
-                           f"{errors.one_line(_innermost(e))}") from None
+                           f"{errors.one_line(errors.innermost(e))}") from None
 
 
 def _parse_flags(argv):

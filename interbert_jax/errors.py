@@ -57,15 +57,21 @@ def one_line(message: str, limit: int = MAX_LINE) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def cause_line(error: BaseException, limit: int = 300) -> str:
-  """'Type: first line of the message' of the innermost cause of `error` (orbax and
-  TensorStore wrap the reason, e.g. OUT_OF_RANGE reading a file, in 100-line spec dumps),
-  at most `limit` characters."""
+def innermost(error: BaseException) -> BaseException:
+  """The innermost cause or context of `error` (at most 10 links down)."""
   for _ in range(10):
     inner = error.__cause__ or error.__context__
     if inner is None:
       break
     error = inner
+  return error
+
+
+def cause_line(error: BaseException, limit: int = 300) -> str:
+  """'Type: first line of the message' of the innermost cause of `error` (orbax and
+  TensorStore wrap the reason, e.g. OUT_OF_RANGE reading a file, in 100-line spec dumps),
+  at most `limit` characters."""
+  error = innermost(error)
   text = str(error).strip().splitlines()
   line = f"{type(error).__name__}: {text[0] if text else ''}"
   return line if len(line) <= limit else line[:limit - 3] + "..."
