@@ -176,11 +176,16 @@ def _stop_children(timeout: float = 5.0) -> None:
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 
+def is_name(value) -> bool:
+  """Whether `value` is one plain path component: letters, digits, `_ . + -`, not starting
+  with `.` or `-` (so never `.` or `..`)."""
+  return isinstance(value, str) and bool(NAME_PATTERN.match(value))
+
+
 def check_name(value: str, what: str) -> str:
-  """Returns `value` if it is one plain path component (letters, digits, `_ . + -`, not
-  starting with `.` or `-`, not `.`/`..`); else UserError naming `what`. Nothing that
-  would be joined to a directory may escape it."""
-  if not isinstance(value, str) or not NAME_PATTERN.match(value) or value in (".", ".."):
+  """Returns `value` if it is a plain name (is_name); else UserError naming `what`.
+  Nothing that would be joined to a directory may escape it."""
+  if not is_name(value):
     raise UserError(f"{what}={value!r} is not a plain name: use letters, digits and "
                     "'_', '.', '+', '-' (starting with a letter or digit), not a path")
   return value

@@ -159,9 +159,8 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
   check(config.peak_flops_per_device >= 0, "peak_flops_per_device",
         "must be >= 0 (0 = measure at start-up)")
   for key in ("data.train_split", "data.eval_split"):   # each becomes DIR/<split>
-    check(isinstance(_get(config, key), str) and bool(
-        errors_lib.NAME_PATTERN.match(_get(config, key))) and _get(config, key) not in (
-            ".", ".."), key, "must be a plain name (letters, digits, '_.+-'), not a path")
+    check(errors_lib.is_name(_get(config, key)), key,
+          "must be a plain name (letters, digits, '_.+-'), not a path")
   init_from = config.init_from
   check(not init_from or "://" in init_from or os.path.exists(init_from), "init_from",
         "checkpoint path does not exist")
