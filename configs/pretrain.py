@@ -37,6 +37,11 @@ def model_config(variant="base"):
   m.feature_dim = 2048                 # Faster R-CNN region feature size.
   m.location_dim = 5                   # [x1/W, y1/H, x2/W, y2/H, area/(W*H)].
   m.num_region_classes = 1601          # Visual Genome detector classes (MRM targets).
+  # "standardize": region features enter as (f - mean) / std per channel, with the training
+  # split's statistics (recorded by prepare), frozen in the parameters; any detector's
+  # non-negative, heavy-tailed, offset features then look alike to the model
+  # (docs/plateau.md). "none": raw features, the released model.
+  m.feature_norm = "standardize"
   m.pooler_dim = 1024
   m.pooler_bias_init = 0.0             # initial pooler bias (BERT's 0); > 0 starts the ReLU units alive (docs/plateau.md).
   # Interaction module over [image ; text], then the two extraction streams.
@@ -148,6 +153,11 @@ def data_config(variant="base"):
       detector_peak_max=0.9,           # class ~ uniform in [min, max] (lower = flatter).
       partial_caption_prob=0.0,        # chance a caption names only 1..n-1 of n >= 2 objects.
       caption_style="basic",           # synthetic_world.CAPTION_STYLES: "varied" = more templates.
+      # "gaussian" (prototype + noise, signed) | "detector": s * exp(0.7 x + offset), entries
+      # below feature_sparsity * s zeroed; offset ~ N(feature_offset, 0.3) per channel,
+      # s ~ LogNormal(0, image_scale_sigma) per image (synthetic_world.detector_features).
+      feature_style="gaussian", feature_offset=-1.0, image_scale_sigma=0.0,
+      feature_sparsity=0.0,
       vocab="world",                   # "world" = its own small vocabulary | "bert" = the
                                        # bert-base-uncased one of the bundled BERT (`small`).
       # "en" | "zh" (synthetic_world.LANGUAGES): captions in English words, or Chinese text
@@ -269,11 +279,15 @@ def get_config(arg="tiny"):
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-  # ITM plateau warning (docs/plateau.md): one absl warning when the logged itm_loss stays
-  # within `tolerance` (relative) of ln 2 for `window_steps` consecutive steps after the
-  # warm-up; it names the step, itm_loss, dead_text_pooler / dead_image_pooler and
-  # itm_logit_std (logged at every log step). 0 = no warning. Once per process.
-  c.plateau = ml_collections.ConfigDict(dict(window_steps=2_000, tolerance=0.01))
+  # ITM plateau warning (docs/plateau.md): one absl warning when the logged itm_loss sits
+  # within `tolerance` (relative) of ln 2 after the warm-up, either for `collapse_steps`
+  # steps while itm_logit_std has shrunk to `spread_shrink` x its peak or below
+  # `spread_floor` (early: the head is collapsing), or for `window_steps` steps whatever
+  # the spread. It names the diagnostic that tripped, the step, itm_loss, the dead pooler
+  # fractions and itm_logit_std. window_steps=0: no warning; collapse_steps=0: no early one.
+  c.plateau = ml_collections.ConfigDict(dict(
+      window_steps=2_000, tolerance=0.01, collapse_steps=1_000, spread_shrink=0.5,
+      spread_floor=0.01))
 
   if variant in ("tiny", "small"):
     c.total_steps = 3_000             # ~4 minutes on 2 CPU cores (eval ITM ~0.91, MRM ~0.8).
@@ -289,8 +303,10 @@ def get_config(arg="tiny"):
     c.optimizer.learning_rate = 1e-3  # 2e-3 spikes early; 5e-4 learns no faster.
     c.optimizer.bert_lr_multiplier = 1.0
     # Warm-up ends at step 300; the quick start's eval ITM accuracy is 0.71 at step 500
-    # (README table): 500 steps at chance after warm-up means it is stuck.
+    # (README table): 500 steps at chance after warm-up means it is stuck, and 200 with a
+    # collapsing logit spread (docs/plateau.md "The warning").
     c.plateau.window_steps = 500
+    c.plateau.collapse_steps = 200
     # Dropout only slows learning of the small synthetic world (no overfitting within the
     # budget): measured 0.58 vs 0.73 ITM at step 500. Unit tests that need dropout set it.
     m = c.model
@@ -304,6 +320,7 @@ def get_config(arg="tiny"):
     c.init_from = bundled_bert.model_dir()  # converted at start-up (checkpoints/init_from.py)
     c.total_steps = 1_000             # 1.0-1.8 steps/s at batch 32 on 2 CPU cores: 10-17 minutes.
     c.optimizer.learning_rate = 5e-4
+    c.plateau.collapse_steps = 100    # warm-up ends at 100: the earliest warning is at 200.
     # Both off the paper's values on purpose (docs/plateau.md "The small recipe"): at 0.1x
     # and with zero pooler biases `small` sits at ln 2 on 24 x 8 worlds (more_classes).
     c.optimizer.bert_lr_multiplier = 1.0

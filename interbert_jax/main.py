@@ -56,6 +56,7 @@ from interbert_jax.parallel import distributed
 from interbert_jax.parallel import mesh as mesh_lib
 from interbert_jax.parallel import partitioning
 from interbert_jax.training import config_validation
+from interbert_jax.training import feature_norm
 from interbert_jax.training import flops as flops_lib
 from interbert_jax.training import log_filter
 from interbert_jax.training import metrics as metrics_lib
@@ -115,13 +116,19 @@ def init_or_restore(config, task, model, tx, ckpt, mesh):
                  data_state)
     return state, train_rng, abstract, state_sh, start_step
   state = state_lib.create_state(model, tx, state_sh, init_rng, **init_args)
+  fresh = (feature_norm.projection(state["params"])
+           if feature_norm.applies(state["params"]) else None)
   if config.init_from:
     # Only parameters come from the checkpoint; Adam moments stay zero.
     state["params"] = init_from_lib.load_init_params(
         config.init_from, state["params"], ignore=task.init_from_ignore,
         model_config=config.model)
-    if "ema_params" in state:
-      state = state_lib.reset_ema(state, state_sh)
+  if fresh is not None and feature_norm.projection(state["params"]) is fresh:
+    # A new feature projection reads features standardised by the training data's
+    # statistics (model.feature_norm); a loaded one keeps what it was trained with.
+    state["params"] = feature_norm.with_stats(state["params"], *task.feature_stats(config))
+  if "ema_params" in state and (config.init_from or fresh is not None):
+    state = state_lib.reset_ema(state, state_sh)
   return state, train_rng, abstract, state_sh, 0
 
 
@@ -297,9 +304,10 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes, peak):
         logging.info("%s | %s | mfu %.2f%%", progress.line(step, scalars["loss"], rates),
                      " ".join(f"{k} {scalars[k]:.3f}" for k in shown),
                      100 * scalars["mfu"])
-        if plateau is not None and plateau.update(step, scalars["itm_loss"]):
-          logging.warning("%s", plateau_lib.warning_message(step, scalars,
-                                                            plateau.window_steps))
+        reason = plateau and plateau.update(step, scalars["itm_loss"],
+                                            scalars["itm_logit_std"])
+        if reason:
+          logging.warning("%s", plateau_lib.warning_message(step, scalars, reason))
         if scalars.get("msm_packing_fallback", 0.0) >= 0.25 and not warned_fallback:
           warned_fallback = True
           logging.warning(

@@ -64,13 +64,54 @@ def test_resumed_detector_counts_from_the_resumed_step():
   assert _feed(d, [(s, LN2) for s in range(105, 200, 5)]) == [120]
 
 
-def test_warning_names_step_values_and_doc():
+def test_warning_names_step_values_reason_and_doc():
   msg = plateau.warning_message(
       25, dict(itm_loss=0.6929, dead_text_pooler=0.5, dead_image_pooler=0.25,
-               itm_logit_std=0.007), 20)
-  for part in ("step 25", "0.6929", "dead_text_pooler 0.500", "dead_image_pooler 0.250",
-               "itm_logit_std 0.007", "docs/plateau.md"):
+               itm_logit_std=0.007), "band: itm_loss ~ ln 2 for >= 20 steps after warm-up")
+  for part in ("step 25", "(band: itm_loss", "0.6929", "dead_text_pooler 0.500",
+               "dead_image_pooler 0.250", "itm_logit_std 0.007", "docs/plateau.md"):
     assert part in msg, part
+
+
+def _feed_spread(detector, rows):
+  """rows: (step, itm_loss, itm_logit_std) -> [(step, reason)] where update() fired."""
+  return [(s, r) for s, l, std in rows if (r := detector.update(s, l, std))]
+
+
+def test_collapsing_spread_warns_early():
+  # The shape of a stalled detector-feature run (docs/plateau.md): at ln 2 from the
+  # start, the logit spread shrinking from 0.23 after the warm-up.
+  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
+                              collapse_steps=100)
+  spreads = [0.15, 0.23, 0.17, 0.12, 0.08, 0.05, 0.03]
+  rows = [(50 * (i + 1), LN2, v) for i, v in enumerate(spreads)]
+  fired = _feed_spread(d, rows)
+  assert [s for s, _ in fired] == [250], fired      # 0.08 <= 0.5 x 0.23, band since 100
+  assert fired[0][1].startswith("spread collapse") and "from 0.23 at step 100" in fired[0][1]
+
+
+def test_a_growing_spread_does_not_warn_early():
+  # At ln 2 but the head is starting to separate pairs: only the band rule may fire.
+  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
+                              collapse_steps=100)
+  rows = [(50 * i, LN2, 0.1 + 0.02 * i) for i in range(1, 14)]
+  fired = _feed_spread(d, rows)
+  assert [s for s, _ in fired] == [600] and fired[0][1].startswith("band"), fired
+
+
+def test_a_constant_head_warns_early_below_the_floor():
+  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
+                              collapse_steps=100)
+  fired = _feed_spread(d, [(50 * i, LN2, 0.004) for i in range(1, 14)])
+  assert [s for s, _ in fired] == [200] and "< 0.01 (a constant head)" in fired[0][1]
+
+
+def test_leaving_the_band_resets_the_early_count_too():
+  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=0,
+                              collapse_steps=100)
+  rows = [(50, LN2, 0.2), (100, 0.65, 0.05), (150, LN2, 0.05), (200, LN2, 0.05),
+          (250, LN2, 0.05)]
+  assert [s for s, _ in _feed_spread(d, rows)] == [200]   # the band holds from step 100
 
 
 # ------------------------------------------------------------------ diagnostics

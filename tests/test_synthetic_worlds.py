@@ -91,9 +91,10 @@ def test_every_preset_validates_generates_and_obeys_its_settings(name, tmp_path)
   basic = {w for phrase in world.PREFIXES + world.CONNECTORS for w in phrase}
   varied = {w for phrase in world.VARIED_PREFIXES["en"] + world.VARIED_CONNECTORS["en"]
             for w in phrase} - basic
-  objects_seen, peaks, partial, varied_words = set(), [], 0, 0
+  objects_seen, peaks, partial, varied_words, features = set(), [], 0, 0, []
   for record, captions, truth in synthetic.split_images(params, "train"):
     assert record["features"].shape[1] == m.feature_dim
+    features.append(record["features"].astype(np.float32))
     assert record["cls_prob"].shape[1] == m.num_region_classes
     objects = truth["objects"]
     assert s.min_objects <= len(objects) <= s.max_objects
@@ -125,6 +126,12 @@ def test_every_preset_validates_generates_and_obeys_its_settings(name, tmp_path)
   else:
     assert partial == 0
   assert (varied_words > 0) == (s.caption_style == "varied")
+  features = np.concatenate(features)
+  if s.feature_style == "detector":   # non-negative, heavy-tailed, sparse where asked
+    assert features.min() >= 0 and features.max() > 5 * np.median(features)
+    assert ((features == 0).mean() > 0.05) == (s.feature_sparsity > 0.05)
+  else:
+    assert features.min() < 0
 
 
 def test_unknown_presets_and_bad_knobs_are_clear_errors():

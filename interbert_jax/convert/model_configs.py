@@ -83,6 +83,7 @@ def from_reference(ref, base, origin="reference config"):
   m.itm_dropout = 0.1                      # hard-coded in the reference's heads.
   m.fusion = ref["fusion_method"]
   m.modality_segments = False
+  m.feature_norm = "none"                  # the released model reads raw features.
   m.layer_norm_eps = 1e-12                 # hard-coded in the reference's BertLayerNorm.
   m.initializer_range = float(ref.get("initializer_range", 0.02))
   if ref["predict_feature"]:

@@ -84,6 +84,21 @@ def reference_to_params(state_dict, m, origin="reference checkpoint"):
   return layout.pad_vocab_params(p, common.vocab_rows(m))  # model.vocab_pad_multiple
 
 
+def _fold_feature_norm(reg):
+  """The feature projection with model.feature_norm's frozen standardisation folded in:
+  W ((f - mean) * scale) + b = (scale * W) f + (b - (mean * scale) W), so the reference,
+  which reads raw features, computes the same embedding."""
+  dense = reg["feature"]
+  if "feature_mean" not in reg:
+    return dense
+  kernel = np.asarray(dense["kernel"], np.float64)          # [F, H]
+  mean = np.asarray(reg["feature_mean"], np.float64)
+  scale = np.asarray(reg["feature_scale"], np.float64)
+  bias = np.asarray(dense["bias"], np.float64) - (mean * scale) @ kernel
+  return {"kernel": (scale[:, None] * kernel).astype(np.float32),
+          "bias": bias.astype(np.float32)}
+
+
 def params_to_reference(params, m):
   """Unscanned params -> {torch name: np.ndarray} in the reference's state-dict order.
 
@@ -101,7 +116,7 @@ def params_to_reference(params, m):
       emb["token_type_embeddings"]["embedding"])
   out.update(layout.norm_to_torch(emb["LayerNorm"], "bert.embeddings.LayerNorm"))
   reg = params["region_embeddings"]
-  out.update(layout.dense_to_torch(reg["feature"], "bert.v_embeddings.image_embeddings"))
+  out.update(layout.dense_to_torch(_fold_feature_norm(reg), "bert.v_embeddings.image_embeddings"))
   out.update(layout.dense_to_torch(reg["location"],
                                    "bert.v_embeddings.image_location_embeddings"))
   out.update(layout.norm_to_torch(reg["LayerNorm"], "bert.v_embeddings.LayerNorm"))

@@ -73,6 +73,32 @@ def dataset_info(config, directory: str = "") -> dict:
               class_target=meta["class_target"])
 
 
+STATS_SAMPLE_IMAGES = 1000   # images read for the statistics of a split prepared without them
+
+
+def feature_stats(config, directory: str = ""):
+  """(mean [F], std [F]) float32 of the training split's region features: the split's
+  feature_stats.npz (written by prepare and the synthetic generator), or, for a split
+  prepared before that file existed, computed from its first STATS_SAMPLE_IMAGES images."""
+  d = directory or data_dir(config)
+  split = config.data.train_split
+  stored = schema.read_feature_stats(d, split)
+  if stored is not None:
+    mean, std, regions = stored
+    logging.info("feature statistics of %s/%s: %d regions, mean |mean| %.3g, mean std %.3g",
+                 d, split, regions, float(np.abs(mean).mean()), float(std.mean()))
+    return mean, std
+  images = _Split(config, split, d)
+  acc = schema.FeatureStatsAccumulator(images.F)
+  n = min(len(images.images), STATS_SAMPLE_IMAGES)
+  for i in range(n):
+    acc.add(images.record(i)["features"])
+  logging.info("%s/%s has no %s (prepared before it existed): feature statistics from its "
+               "first %d images (%d regions); prepare it again to record them over every "
+               "region", d, split, schema.FEATURE_STATS_FILE, n, acc.count)
+  return acc.result()
+
+
 def validate(config, meta: dict) -> None:
   """Checks that config and dataset fit; raises PipelineConfigError naming the key.
 

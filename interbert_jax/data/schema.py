@@ -322,6 +322,50 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+FEATURE_STATS_FILE = "feature_stats.npz"
+
+
+class FeatureStatsAccumulator:
+  """Per-channel mean and standard deviation of the stored (float16) region features over
+  every region of a split, accumulated in float64 as the records stream past; written to
+  DIR/<split>/feature_stats.npz (mean, std float32 [F]; regions). The trainer standardises
+  the model's input with the training split's (model.feature_norm, docs/plateau.md)."""
+
+  def __init__(self, feature_dim: int):
+    self.count = 0
+    self._sum = np.zeros(feature_dim, np.float64)
+    self._sumsq = np.zeros(feature_dim, np.float64)
+
+  def add(self, features) -> None:
+    """features: [N, F] one image's regions."""
+    f = np.asarray(features, np.float64)
+    self.count += f.shape[0]
+    self._sum += f.sum(0)
+    self._sumsq += np.square(f).sum(0)
+
+  def result(self):
+    """-> (mean [F], std [F]) float32 (zeros when no region was added)."""
+    n = max(self.count, 1)
+    mean = self._sum / n
+    var = np.maximum(self._sumsq / n - np.square(mean), 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+  def write(self, directory) -> None:
+    mean, std = self.result()
+    np.savez(os.path.join(directory, FEATURE_STATS_FILE), mean=mean, std=std,
+             regions=np.int64(self.count))
+
+
+def read_feature_stats(data_dir, split):
+  """-> (mean [F], std [F], regions) of DIR/<split>/feature_stats.npz, or None for a split
+  prepared before the file existed."""
+  path = os.path.join(split_dir(data_dir, split), FEATURE_STATS_FILE)
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    return z["mean"], z["std"], int(z["regions"])
+
+
 def _writer_io(fn, *args, path):
   """Calls an ArrayRecord writer method; its C++ I/O failures (disk full, a file-size
   limit, no permission) arrive as RuntimeError: the user's disk, not our bug."""
@@ -342,12 +386,14 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
   shard_lengths, shard_sizes = [], []
   writer, shard_count, shard_size = None, 0, 0
   cap_index, cap_lengths, cap_tokens = [], [], []
+  stats = FeatureStatsAccumulator(feature_dim)
   without_captions = 0
   start = last_log = time.time()
   n = 0
   for record in images:
     example = to_example(record, feature_dim, num_classes, has_distribution)
     data = spec.serialize_example(example)
+    stats.add(example["features"])
     if writer is None:
       # group_size:1 makes every record individually addressable (random access).
       shard_path = os.path.join(tmp_dir, f"shard{len(shard_lengths):05d}")
@@ -389,6 +435,7 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
   for i in range(total):
     os.rename(os.path.join(tmp_dir, f"shard{i:05d}"),
               os.path.join(tmp_dir, _shard_name(i, total)))
+  stats.write(tmp_dir)
   split_info = tfds.core.SplitInfo(name=TFDS_SPLIT, shard_lengths=shard_lengths,
                                    num_bytes=int(sum(shard_sizes)))
   tfds.folder_dataset.write_metadata(
@@ -407,7 +454,8 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
   os.replace(cap_tmp, captions_path(out_dir, split))
   info = {"images": n, "captions": len(cap_lengths),
           "images_without_captions": without_captions, "skipped": dict(skipped or {}),
-          "num_shards": total}
+          "num_shards": total, "feature_stats": {"file": FEATURE_STATS_FILE,
+                                                  "regions": stats.count}}
   info.update(extra_split_info or {})
   merge_split_metadata(out_dir, split, info, feature_dim=int(feature_dim),
                        num_classes=int(num_classes), class_target=class_target,

@@ -48,7 +48,8 @@ TASKS = ("pretrain", "retrieval")
 # world. They enter synthetic_params (and so the cache hash) only when they differ from it.
 KNOB_DEFAULTS = dict(min_boxes_per_object=1, max_boxes_per_object=3, detector_peak_min=0.5,
                      detector_peak_max=0.9, partial_caption_prob=0.0, caption_style="basic",
-                     vocab="world")
+                     vocab="world", feature_style="gaussian", feature_offset=-1.0,
+                     image_scale_sigma=0.0, feature_sparsity=0.0)
 
 
 def _knobs(s) -> dict:
@@ -171,7 +172,8 @@ def _check_params(params: dict):
 
 def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
                 detector_peak_max, partial_caption_prob, caption_style=None,
-                vocab="world") -> list[str]:
+                vocab="world", feature_style="gaussian", feature_offset=-1.0,
+                image_scale_sigma=0.0, feature_sparsity=0.0) -> list[str]:
   """Problems of the generator knobs (KNOB_DEFAULTS), each as `config.data.synthetic.<key>
   =<value>: why`; shared by _check_params and the start-up validation (which checks
   caption_style with its other ENUMERATED keys: None = not checked here)."""
@@ -185,6 +187,12 @@ def knob_errors(min_boxes_per_object, max_boxes_per_object, detector_peak_min,
   if not 0.0 <= partial_caption_prob <= 1.0:
     errors.append(f"config.data.synthetic.partial_caption_prob={partial_caption_prob}: "
                   "must be in [0, 1]")
+  if feature_style not in world.FEATURE_STYLES:
+    errors.append(f"config.data.synthetic.feature_style={feature_style!r}: must be one of "
+                  f"{world.FEATURE_STYLES}")
+  if image_scale_sigma < 0 or feature_sparsity < 0:
+    errors.append(f"config.data.synthetic.image_scale_sigma={image_scale_sigma}, "
+                  f"feature_sparsity={feature_sparsity}: must be >= 0")
   if vocab not in world.VOCABS:
     errors.append(f"config.data.synthetic.vocab={vocab!r}: must be one of {world.VOCABS}")
   if caption_style is not None and caption_style not in world.CAPTION_STYLES:
@@ -200,6 +208,11 @@ def split_images(params: dict, split: str):
   language = _param(params, "language")
   encoder = world.caption_encoder(**vocab_args(params))
   words = world.lexicon(**world_words(params))          # once per split, not per image
+  detector_style = None
+  if _param(params, "feature_style") == "detector":
+    detector_style = (world.feature_offset(params["seed"], params["feature_dim"],
+                                           _param(params, "feature_offset")),
+                      _param(params, "image_scale_sigma"), _param(params, "feature_sparsity"))
   stream = params.get("image_streams", {}).get(split, _SPLIT_IDS[split])
   for index in range(params["num_images"][split]):
     rng = np.random.default_rng([params["seed"], 7, stream, index])
@@ -216,7 +229,8 @@ def split_images(params: dict, split: str):
         max_boxes=_param(params, "max_boxes_per_object"),
         detector_peak=(_param(params, "detector_peak_min"), _param(params, "detector_peak_max")),
         partial_caption_prob=_param(params, "partial_caption_prob"),
-        caption_style=_param(params, "caption_style"), words=words)
+        caption_style=_param(params, "caption_style"), words=words,
+        detector_style=detector_style)
 
 
 def generate(out_dir: str, params: dict) -> str:

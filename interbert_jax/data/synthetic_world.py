@@ -196,6 +196,28 @@ def make_prototypes(seed: int, feature_dim: int, num_object_classes=0, num_attri
   return protos
 
 
+FEATURE_STYLES = ("gaussian", "detector")
+
+
+def feature_offset(seed: int, feature_dim: int, mean: float) -> np.ndarray:
+  """The world's shared per-channel offset [F] of detector-style features (its own stream,
+  so the prototypes stay those of the gaussian world)."""
+  return np.random.default_rng([seed, 3]).normal(mean, 0.3, feature_dim).astype(np.float32)
+
+
+def detector_features(rng, feats, offset, scale_sigma: float, sparsity: float):
+  """Gaussian-world features [N, F] -> detector-like ones: non-negative, heavy-tailed,
+  sparse, with a shared offset and one scale per image, like pooled ReLU CNN features.
+
+  f = s * exp(0.7 x + offset), s ~ LogNormal(0, scale_sigma) per image; entries below
+  `sparsity * s` become 0. The class signal stays in which channels are large.
+  """
+  scale = float(rng.lognormal(0.0, scale_sigma)) if scale_sigma > 0 else 1.0
+  f = np.exp(0.7 * np.asarray(feats, np.float32) + offset) * scale
+  f[f < sparsity * scale] = 0.0
+  return f
+
+
 def _detector_distribution(rng, true_class, confusable, num_classes, low, high):
   """A detector-like class distribution [C]: peaked on true_class, some mass on confusable."""
   p = np.zeros((num_classes,), np.float32)
@@ -277,7 +299,7 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
                max_objects=4, max_clutter=2, spatial_order=False, num_object_classes=0,
                num_attributes=0, language="en", min_boxes=1, max_boxes=3,
                detector_peak=(0.5, 0.9), partial_caption_prob=0.0, caption_style="basic",
-               words=None):
+               words=None, detector_style=None):
   """One synthetic image: (record in the schema layout, captions as token-id lists, truth).
 
   max_regions caps the number of regions (objects keep >= 1 each); fill_regions > 0 pads
@@ -290,7 +312,9 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
   min/max_boxes: detector regions per object (uniform; max_regions may trim them);
   detector_peak: (low, high) of the uniform probability an object's region gives its true
   class; partial_caption_prob: the chance that a caption of a >= 2-object image names only
-  a random 1..n-1 of them (in caption order); caption_style: CAPTION_STYLES.
+  a random 1..n-1 of them (in caption order); caption_style: CAPTION_STYLES;
+  detector_style: None (gaussian features) or (offset [F], scale_sigma, sparsity) for
+  detector_features.
   """
   feature_dim = prototypes["classes"].shape[1]
   width = int(rng.integers(480, 801))
@@ -336,12 +360,15 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
     feats.append(prototypes["clutter"][c] + rng.normal(0.0, noise, feature_dim))
     probs.append(_detector_distribution(rng, first_clutter + c, None, num_classes, 0.3, 0.7))
   order = rng.permutation(len(boxes))    # Detectors do not list an object's boxes together.
+  feats = np.stack(feats)
+  if detector_style is not None:
+    feats = detector_features(rng, feats, *detector_style)
   boxes = np.clip(np.stack(boxes)[order], 0, [width - 1, height - 1, width - 1, height - 1])
   cls_prob = np.stack(probs)[order]
   record = dict(
       image_id=f"synthetic_{split}_{index:07d}", width=np.int32(width),
       height=np.int32(height), num_boxes=np.int32(len(order)),
-      boxes=boxes.astype(np.float32), features=np.stack(feats)[order].astype(np.float16),
+      boxes=boxes.astype(np.float32), features=feats[order].astype(np.float16),
       cls_prob=cls_prob.astype(np.float16),
       object_ids=cls_prob.argmax(-1).astype(np.int32),
       object_conf=cls_prob.max(-1).astype(np.float32))

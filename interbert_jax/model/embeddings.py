@@ -1,4 +1,5 @@
 """Text (BERT) and region embeddings of InterBERT (docs/reference_notes.md, Model facts 1)."""
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -52,8 +53,18 @@ class TextEmbeddings(nn.Module):
     return self.word_embeddings.embedding
 
 
+FEATURE_NORMS = ("standardize", "none")
+
+
 class RegionEmbeddings(nn.Module):
-  """LayerNorm(Dense_F->H(feature) + Dense_5->H(location) [+ segment]), dropout.
+  """LayerNorm(Dense_F->H(feature') + Dense_5->H(location) [+ segment]), dropout.
+
+  feature' = (feature - feature_mean) * feature_scale with `model.feature_norm=standardize`
+  (the default): per-channel statistics of the training data, set by the trainer when the
+  feature projection starts fresh (training/feature_norm.py) and never trained (no gradient
+  reaches them, so Adam and weight decay leave them as set). They start as the identity
+  (0, 1), so a checkpoint trained on raw features (the released model) gives the same
+  outputs. `none`: the raw features (the released architecture, no such parameters).
 
   The released model gives image tokens no segment embedding; with
   `model.modality_segments` the caller passes `segment` (token-type 0) and it is added
@@ -66,6 +77,12 @@ class RegionEmbeddings(nn.Module):
     """features [B, R, F], locations [B, R, 5] -> [B, R, H] in the compute dtype."""
     cfg = self.config
     dtype = common.to_dtype(cfg.dtype)
+    if cfg.get("feature_norm", "none") == "standardize":  # absent in older config.json
+      shape, pdtype = (features.shape[-1],), common.to_dtype(cfg.param_dtype)
+      mean = self.param("feature_mean", common.zeros_init(("features",)), shape, pdtype)
+      scale = self.param("feature_scale", common.ones_init(("features",)), shape, pdtype)
+      mean, scale = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(scale)
+      features = (features.astype(jnp.float32) - mean) * scale
     x = common.dense(cfg, cfg.hidden_size, ("features", "embed"), ("embed",),
                      name="feature")(features.astype(dtype))
     x = x + common.dense(cfg, cfg.hidden_size, (None, "embed"), ("embed",),

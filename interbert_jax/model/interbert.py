@@ -6,7 +6,7 @@ import numpy as np
 from flax import linen as nn
 
 from interbert_jax.model import common
-from interbert_jax.model.embeddings import RegionEmbeddings, TextEmbeddings
+from interbert_jax.model.embeddings import FEATURE_NORMS, RegionEmbeddings, TextEmbeddings
 from interbert_jax.model.heads import MrmHead, MsmHead
 from interbert_jax.model.transformer import Stack
 
@@ -119,6 +119,7 @@ class InterBert(nn.Module):
 
 FUSIONS = ("mul", "sum")                         # allowed model.fusion
 MRM_TARGETS = ("kl", "ce", "regress")            # allowed model.mrm_target
+# allowed model.feature_norm: FEATURE_NORMS (model/embeddings.py)
 CHOICES = {"fusion": FUSIONS, "mrm_target": MRM_TARGETS, "dtype": common.DTYPES,
            "param_dtype": common.DTYPES, "remat_policy": common.REMAT_POLICIES}
 _POSITIVE = ("vocab_size", "hidden_size", "max_position_embeddings", "type_vocab_size",
@@ -158,6 +159,8 @@ def model_config_errors(cfg, prefix="model.") -> list[str]:
     check(0.0 <= cfg[key] < 1.0, key, cfg[key], "must be in [0, 1)")
   pad = cfg.get("vocab_pad_multiple", 1)
   check(_is_int(pad) and pad >= 1, "vocab_pad_multiple", pad, "must be an integer >= 1")
+  norm = cfg.get("feature_norm", "none")
+  check(norm in FEATURE_NORMS, "feature_norm", norm, f"must be one of {FEATURE_NORMS}")
   bias = cfg.get("pooler_bias_init", 0.0)
   check(isinstance(bias, (int, float)) and abs(bias) < 10, "pooler_bias_init", bias,
         "must be a number in (-10, 10)")

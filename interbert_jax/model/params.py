@@ -43,9 +43,19 @@ def unscan_params(params):
   return out
 
 
+# Frozen input statistics (model.feature_norm), not trained: buffers, like BatchNorm's
+# running statistics, so not in the count (which stays the released model's).
+FROZEN = ("feature_mean", "feature_scale")
+
+
 def count_params(params):
-  """Total number of scalars in a (possibly abstract or boxed) parameter tree."""
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+  """Number of trained scalars in a (possibly abstract or boxed) parameter tree (FROZEN
+  leaves left out)."""
+  def size(path, x):
+    frozen = any(getattr(k, "key", None) in FROZEN for k in path)
+    return 0 if frozen else int(np.prod(np.shape(getattr(x, "value", x))))
+  return int(sum(jax.tree.leaves(jax.tree_util.tree_map_with_path(
+      size, params, is_leaf=lambda x: hasattr(x, "unbox")))))
 
 
 def param_shapes(model_config):

@@ -70,6 +70,15 @@ class Task:
     return self.data.eval_iterator(config, num_batches=num_batches,
                                    process_index=process_index, process_count=process_count)
 
+  def feature_stats(self, config):
+    """(mean [F], std [F]) of the training split's region features: the input
+    standardisation of a fresh feature projection (model.feature_norm)."""
+    return pipeline.feature_stats(config, self.data_dir(config))
+
+  def data_dir(self, config) -> str:
+    """The task's prepared dataset (generated when synthetic)."""
+    return pipeline.data_dir(config)
+
   def steps_per_epoch(self, config):
     """Training steps per pass over the data (for `optimizer.schedule="step_decay"`)."""
     if config.optimizer.schedule == "linear_decay":

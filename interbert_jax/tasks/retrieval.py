@@ -16,6 +16,9 @@ class RetrievalTask(base.Task):
   log_keys = ("itm_acc",)
   plateau_diagnostics = False
 
+  def data_dir(self, config) -> str:
+    return retrieval_batches.data_dir(config)
+
   def apply(self, model, params, batch, *, deterministic, rng=None):
     """InterBert on the model inputs; the MSM head runs at one position only (unused)."""
     b = batch["text_ids"].shape[0]

@@ -12,56 +12,95 @@ DOC = "docs/plateau.md"
 
 
 class PlateauDetector:
-  """Fires once when the ITM loss stays within `tolerance` (relative) of ln 2 for
-  `window_steps` consecutive training steps after the warm-up.
+  """Fires once when the ITM loss sits at ln 2 after the warm-up, on whichever of two
+  diagnostics trips first:
 
-  A log window ending at `step` covers the steps (previous logged step, step]; its mean ITM
-  loss stands for all of them. Steps up to `warmup_steps` never count; a window whose
-  loss leaves the band resets the count.
+  - **spread collapse** (early): the ITM loss has stayed within `tolerance` (relative) of
+    ln 2 for `collapse_steps` post-warm-up steps *and* the logged `itm_logit_std` has
+    shrunk to `spread_shrink` x its largest logged value or below `spread_floor` (a head
+    that answers every pair alike and is getting more so: it is not about to learn);
+  - **band**: the ITM loss has stayed in the band for `window_steps` post-warm-up steps,
+    whatever the spread.
+
+  A log window ending at `step` covers the steps (previous logged step, step]; its mean
+  stands for all of them. Steps up to `warmup_steps` never count; a window whose loss
+  leaves the band resets the count.
   """
 
   def __init__(self, window_steps: int, tolerance: float, warmup_steps: int = 0,
-               start_step: int = 0):
-    """window_steps: steps in the band before the warning (0 = never warn); tolerance:
-    |itm_loss - ln 2| <= tolerance * ln 2 is in the band; start_step: the step training
-    starts (or resumes) from."""
+               start_step: int = 0, collapse_steps: int = 0, spread_shrink: float = 0.5,
+               spread_floor: float = 0.01):
+    """window_steps: steps in the band before the band warning (0 = never warn at all);
+    tolerance: |itm_loss - ln 2| <= tolerance * ln 2 is in the band; collapse_steps: steps
+    in the band before a collapsed spread warns (0 = no early warning); start_step: the
+    step training starts (or resumes) from."""
     self.window_steps = int(window_steps)
     self.tolerance = float(tolerance)
     self.warmup_steps = int(warmup_steps)
+    self.collapse_steps = int(collapse_steps)
+    self.spread_shrink = float(spread_shrink)
+    self.spread_floor = float(spread_floor)
     self.fired = False
     self._last_step = int(start_step)
     self._band_start = None      # the in-band run covers steps (_band_start, last step]
+    self._peak = (0.0, None)     # (largest logged itm_logit_std, its step)
 
   @classmethod
   def from_config(cls, config, warmup_steps: int, start_step: int = 0):
-    """From config.plateau (window_steps, tolerance)."""
-    return cls(config.plateau.window_steps, config.plateau.tolerance, warmup_steps,
-               start_step)
+    """From config.plateau (window_steps, tolerance, collapse_steps, spread_shrink,
+    spread_floor)."""
+    p = config.plateau
+    return cls(p.window_steps, p.tolerance, warmup_steps, start_step,
+               collapse_steps=p.collapse_steps, spread_shrink=p.spread_shrink,
+               spread_floor=p.spread_floor)
 
   def in_band(self, itm_loss: float) -> bool:
     return abs(float(itm_loss) - LN2) <= self.tolerance * LN2
 
-  def update(self, step: int, itm_loss: float) -> bool:
-    """The log window ending at `step` had mean ITM loss `itm_loss`; -> True exactly once:
-    at the first log step where the band has held for `window_steps` post-warm-up steps."""
+  def _collapsed(self, spread: float):
+    """Why `spread` counts as collapsed ("" = it does not)."""
+    if spread < self.spread_floor:
+      return f"itm_logit_std {spread:.3g} < {self.spread_floor:g} (a constant head)"
+    peak, at = self._peak
+    if spread <= self.spread_shrink * peak:
+      return (f"itm_logit_std shrank to {spread:.3g} from {peak:.3g} at step {at} "
+              f"(<= {self.spread_shrink:g} x its peak)")
+    return ""
+
+  def update(self, step: int, itm_loss: float, itm_logit_std: float | None = None):
+    """The log window ending at `step` had these means. -> None, or exactly once the
+    reason for the warning (a string naming the diagnostic that tripped)."""
     start, self._last_step = self._last_step, int(step)
+    if itm_logit_std is not None:
+      spread = float(itm_logit_std)
+      collapsed = self._collapsed(spread)
+      if spread > self._peak[0]:
+        self._peak = (spread, int(step))
+    else:
+      collapsed = ""
     if self.window_steps <= 0 or self.fired:
-      return False
+      return None
     if step <= self.warmup_steps or not self.in_band(itm_loss):
       self._band_start = None
-      return False
+      return None
     if self._band_start is None:
       self._band_start = max(start, self.warmup_steps)
-    if step - self._band_start >= self.window_steps:
+    held = step - self._band_start
+    if self.collapse_steps > 0 and held >= self.collapse_steps and collapsed:
       self.fired = True
-      return True
-    return False
+      return (f"spread collapse: itm_loss ~ ln 2 for >= {self.collapse_steps} steps after "
+              f"warm-up and {collapsed}")
+    if held >= self.window_steps:
+      self.fired = True
+      return f"band: itm_loss ~ ln 2 for >= {self.window_steps} steps after warm-up"
+    return None
 
 
-def warning_message(step: int, scalars: dict, window_steps: int) -> str:
-  """The one warning line: step, ITM loss, dead-pooler fractions, logit spread, the doc."""
-  return (f"ITM plateau at step {step}: itm_loss {scalars['itm_loss']:.4f} ~ ln 2 = "
-          f"{LN2:.4f} for >= {window_steps} steps after warm-up (the ITM head predicts chance); "
-          f"dead_text_pooler {scalars['dead_text_pooler']:.3f}, dead_image_pooler "
+def warning_message(step: int, scalars: dict, reason: str) -> str:
+  """The one warning line: step, which diagnostic tripped, ITM loss, dead-pooler
+  fractions, logit spread, the doc."""
+  return (f"ITM plateau at step {step} ({reason}): itm_loss {scalars['itm_loss']:.4f} "
+          f"(ln 2 = {LN2:.4f}: the ITM head predicts chance); dead_text_pooler "
+          f"{scalars['dead_text_pooler']:.3f}, dead_image_pooler "
           f"{scalars['dead_image_pooler']:.3f}, itm_logit_std "
-          f"{scalars['itm_logit_std']:.3g}. See {DOC} for what to try.")
+          f"{scalars['itm_logit_std']:.3g}. See {DOC} for what to check and try.")
