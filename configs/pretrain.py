@@ -37,11 +37,13 @@ def model_config(variant="base"):
   m.feature_dim = 2048                 # Faster R-CNN region feature size.
   m.location_dim = 5                   # [x1/W, y1/H, x2/W, y2/H, area/(W*H)].
   m.num_region_classes = 1601          # Visual Genome detector classes (MRM targets).
-  # "standardize": region features enter as (f - mean) / std per channel, with the training
-  # split's statistics (recorded by prepare), frozen in the parameters; any detector's
-  # non-negative, heavy-tailed, offset features then look alike to the model
-  # (docs/plateau.md). "none": raw features, the released model.
-  m.feature_norm = "standardize"
+  # "rms_standardize": each region's features divided by their root mean square (no
+  # per-image scale left), then standardised per channel with the training split's
+  # statistics (recorded by prepare), frozen in the parameters, so that any detector's
+  # non-negative, heavy-tailed, offset features look alike to the model (docs/plateau.md).
+  # "standardize": per channel only (folds into the released layout: convert to_reference).
+  # "none": raw features, the released model.
+  m.feature_norm = "rms_standardize"
   m.pooler_dim = 1024
   m.pooler_bias_init = 0.0             # initial pooler bias (BERT's 0); > 0 starts the ReLU units alive (docs/plateau.md).
   # Interaction module over [image ; text], then the two extraction streams.

@@ -126,7 +126,8 @@ def init_or_restore(config, task, model, tx, ckpt, mesh):
   if fresh is not None and feature_norm.projection(state["params"]) is fresh:
     # A new feature projection reads features standardised by the training data's
     # statistics (model.feature_norm); a loaded one keeps what it was trained with.
-    state["params"] = feature_norm.with_stats(state["params"], *task.feature_stats(config))
+    state["params"] = feature_norm.with_stats(state["params"], task.feature_stats(config),
+                                              config.model.feature_norm)
   if "ema_params" in state and (config.init_from or fresh is not None):
     state = state_lib.reset_ema(state, state_sh)
   return state, train_rng, abstract, state_sh, 0

@@ -26,6 +26,11 @@ def test_accumulator_matches_numpy_over_every_region():
   assert acc.count == 11
   np.testing.assert_allclose(mean, every.mean(0), rtol=1e-6)
   np.testing.assert_allclose(std, every.std(0), rtol=1e-5)
+  rms = every / np.sqrt(np.mean(every ** 2, axis=1, keepdims=True))
+  mean, std = acc.result("rms")
+  np.testing.assert_allclose(mean, rms.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(std, rms.std(0), rtol=1e-5)
+  np.testing.assert_allclose(schema.region_rms_normalised(np.zeros((2, 3))), 0.0)
 
 
 def test_scale_floors_channels_that_never_vary():
@@ -92,7 +97,9 @@ def test_prepared_split_records_its_statistics(tmp_path):
   schema.write_split(str(tmp_path), "train", images, {"i0": [[5, 6]], "i1": [[7]]},
                      feature_dim=4, num_classes=3, class_target="object_ids", vocab_size=10,
                      lower_case=True, source_format="test")
-  mean, std, regions = schema.read_feature_stats(str(tmp_path), "train")
+  stats = schema.read_feature_stats(str(tmp_path), "train")
+  mean, std, regions = stats["mean"], stats["std"], stats["regions"]
+  assert set(stats) == {"mean", "std", "rms_mean", "rms_std", "regions"}
   every = np.concatenate(feats).astype(np.float16).astype(np.float64)
   assert regions == 5
   np.testing.assert_allclose(mean, every.mean(0), rtol=1e-5)
@@ -108,7 +115,10 @@ def test_the_quick_start_sets_and_keeps_the_data_statistics(tiny_pretrain_run):
   import interbert_jax
   from interbert_jax.data import pipeline
   _, params, _ = interbert_jax.load_checkpoint(tiny_pretrain_run["step_dir"])
-  mean, std = pipeline.feature_stats(get_config("tiny"))
+  config = get_config("tiny")
+  stats = pipeline.feature_stats(config)
+  prefix = "rms_" if config.model.feature_norm == "rms_standardize" else ""
+  mean, std = stats[prefix + "mean"], stats[prefix + "std"]
   reg = params["region_embeddings"]
   np.testing.assert_array_equal(np.asarray(reg["feature_mean"]), mean)
   np.testing.assert_array_equal(np.asarray(reg["feature_scale"]), feature_norm.scale_of(std))

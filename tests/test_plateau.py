@@ -90,6 +90,29 @@ def test_collapsing_spread_warns_early():
   assert fired[0][1].startswith("spread collapse") and "from 0.23 at step 100" in fired[0][1]
 
 
+def test_a_confidently_wrong_head_above_the_band_warns_early_too():
+  # The stalled `small` run on the shared detector world without MRM (docs/plateau.md):
+  # the loss above ln 2, the spread falling from 0.293 at step 50.
+  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
+                              collapse_steps=100)
+  rows = [(50, 0.7588, 0.293), (100, 0.7335, 0.236), (150, 0.7367, 0.204),
+          (200, 0.7276, 0.111), (250, 0.7131, 0.042)]
+  fired = _feed_spread(d, rows)
+  assert [s for s, _ in fired] == [200] and "from 0.293 at step 50" in fired[0][1], fired
+
+
+def test_a_learning_run_does_not_warn():
+  # The development run with standardised detector features (docs/plateau.md): the spread
+  # dips to 0.64 x its peak before the loss leaves ln 2 at step 450.
+  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
+                              collapse_steps=100)
+  rows = [(50, 0.7159, 0.224), (100, 0.713, 0.308), (150, 0.7175, 0.197),
+          (200, 0.7092, 0.21), (250, 0.7081, 0.277), (300, 0.7057, 0.283),
+          (350, 0.6929, 0.279), (400, 0.7008, 0.21), (450, 0.6804, 0.348),
+          (500, 0.6372, 0.605)]
+  assert _feed_spread(d, rows) == []
+
+
 def test_a_growing_spread_does_not_warn_early():
   # At ln 2 but the head is starting to separate pairs: only the band rule may fire.
   d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,

@@ -76,18 +76,19 @@ def dataset_info(config, directory: str = "") -> dict:
 STATS_SAMPLE_IMAGES = 1000   # images read for the statistics of a split prepared without them
 
 
-def feature_stats(config, directory: str = ""):
-  """(mean [F], std [F]) float32 of the training split's region features: the split's
-  feature_stats.npz (written by prepare and the synthetic generator), or, for a split
-  prepared before that file existed, computed from its first STATS_SAMPLE_IMAGES images."""
+def feature_stats(config, directory: str = "") -> dict:
+  """{mean, std, rms_mean, rms_std: [F] float32, regions} of the training split's region
+  features: the split's feature_stats.npz (written by prepare and the synthetic
+  generator), or, for a split prepared before that file existed, computed from its first
+  STATS_SAMPLE_IMAGES images."""
   d = directory or data_dir(config)
   split = config.data.train_split
   stored = schema.read_feature_stats(d, split)
   if stored is not None:
-    mean, std, regions = stored
     logging.info("feature statistics of %s/%s: %d regions, mean |mean| %.3g, mean std %.3g",
-                 d, split, regions, float(np.abs(mean).mean()), float(std.mean()))
-    return mean, std
+                 d, split, stored["regions"], float(np.abs(stored["mean"]).mean()),
+                 float(stored["std"].mean()))
+    return stored
   images = _Split(config, split, d)
   acc = schema.FeatureStatsAccumulator(images.F)
   n = min(len(images.images), STATS_SAMPLE_IMAGES)
@@ -96,7 +97,7 @@ def feature_stats(config, directory: str = ""):
   logging.info("%s/%s has no %s (prepared before it existed): feature statistics from its "
                "first %d images (%d regions); prepare it again to record them over every "
                "region", d, split, schema.FEATURE_STATS_FILE, n, acc.count)
-  return acc.result()
+  return acc.arrays()
 
 
 def validate(config, meta: dict) -> None:

@@ -325,45 +325,60 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
 FEATURE_STATS_FILE = "feature_stats.npz"
 
 
+def region_rms_normalised(features, eps: float = 1e-6):
+  """Each region's features divided by their root mean square: [..., F] -> [..., F]
+  (all-zero regions stay 0). What `model.feature_norm=rms_standardize` standardises."""
+  f = np.asarray(features, np.float64)
+  rms = np.sqrt(np.mean(np.square(f), axis=-1, keepdims=True))
+  return f / np.maximum(rms, eps)
+
+
 class FeatureStatsAccumulator:
   """Per-channel mean and standard deviation of the stored (float16) region features over
-  every region of a split, accumulated in float64 as the records stream past; written to
-  DIR/<split>/feature_stats.npz (mean, std float32 [F]; regions). The trainer standardises
-  the model's input with the training split's (model.feature_norm, docs/plateau.md)."""
+  every region of a split, raw and after region_rms_normalised, accumulated in float64 as
+  the records stream past; written to DIR/<split>/feature_stats.npz (mean, std, rms_mean,
+  rms_std float32 [F]; regions). The trainer standardises the model's input with the
+  training split's (model.feature_norm, docs/plateau.md)."""
 
   def __init__(self, feature_dim: int):
     self.count = 0
-    self._sum = np.zeros(feature_dim, np.float64)
-    self._sumsq = np.zeros(feature_dim, np.float64)
+    self._sums = {k: np.zeros(feature_dim, np.float64)
+                  for k in ("raw", "raw_sq", "rms", "rms_sq")}
 
   def add(self, features) -> None:
     """features: [N, F] one image's regions."""
     f = np.asarray(features, np.float64)
+    g = region_rms_normalised(f)
     self.count += f.shape[0]
-    self._sum += f.sum(0)
-    self._sumsq += np.square(f).sum(0)
+    for name, x in (("raw", f), ("rms", g)):
+      self._sums[name] += x.sum(0)
+      self._sums[name + "_sq"] += np.square(x).sum(0)
 
-  def result(self):
-    """-> (mean [F], std [F]) float32 (zeros when no region was added)."""
+  def result(self, kind: str = "raw"):
+    """-> (mean [F], std [F]) float32 of the raw ("raw") or RMS-normalised ("rms")
+    features (zeros when no region was added)."""
     n = max(self.count, 1)
-    mean = self._sum / n
-    var = np.maximum(self._sumsq / n - np.square(mean), 0.0)
+    mean = self._sums[kind] / n
+    var = np.maximum(self._sums[kind + "_sq"] / n - np.square(mean), 0.0)
     return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
+  def arrays(self) -> dict:
+    (mean, std), (rms_mean, rms_std) = self.result("raw"), self.result("rms")
+    return dict(mean=mean, std=std, rms_mean=rms_mean, rms_std=rms_std,
+                regions=np.int64(self.count))
+
   def write(self, directory) -> None:
-    mean, std = self.result()
-    np.savez(os.path.join(directory, FEATURE_STATS_FILE), mean=mean, std=std,
-             regions=np.int64(self.count))
+    np.savez(os.path.join(directory, FEATURE_STATS_FILE), **self.arrays())
 
 
 def read_feature_stats(data_dir, split):
-  """-> (mean [F], std [F], regions) of DIR/<split>/feature_stats.npz, or None for a split
-  prepared before the file existed."""
+  """-> {mean, std, rms_mean, rms_std: [F] float32, regions: int} of
+  DIR/<split>/feature_stats.npz, or None for a split prepared before the file existed."""
   path = os.path.join(split_dir(data_dir, split), FEATURE_STATS_FILE)
   if not os.path.exists(path):
     return None
   with np.load(path) as z:
-    return z["mean"], z["std"], int(z["regions"])
+    return {k: (int(z[k]) if k == "regions" else z[k]) for k in z.files}
 
 
 def _writer_io(fn, *args, path):

@@ -53,7 +53,7 @@ class TextEmbeddings(nn.Module):
     return self.word_embeddings.embedding
 
 
-FEATURE_NORMS = ("standardize", "none")
+FEATURE_NORMS = ("standardize", "rms_standardize", "none")
 
 
 class RegionEmbeddings(nn.Module):
@@ -77,12 +77,17 @@ class RegionEmbeddings(nn.Module):
     """features [B, R, F], locations [B, R, 5] -> [B, R, H] in the compute dtype."""
     cfg = self.config
     dtype = common.to_dtype(cfg.dtype)
-    if cfg.get("feature_norm", "none") == "standardize":  # absent in older config.json
+    norm = cfg.get("feature_norm", "none")    # absent in older config.json
+    if norm != "none":
       shape, pdtype = (features.shape[-1],), common.to_dtype(cfg.param_dtype)
       mean = self.param("feature_mean", common.zeros_init(("features",)), shape, pdtype)
       scale = self.param("feature_scale", common.ones_init(("features",)), shape, pdtype)
       mean, scale = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(scale)
-      features = (features.astype(jnp.float32) - mean) * scale
+      f = features.astype(jnp.float32)
+      if norm == "rms_standardize":   # each region over its RMS: no per-image scale left
+        rms = jnp.sqrt(jnp.mean(jnp.square(f), axis=-1, keepdims=True))
+        f = f / jnp.maximum(rms, 1e-6)
+      features = (f - mean) * scale
     x = common.dense(cfg, cfg.hidden_size, ("features", "embed"), ("embed",),
                      name="feature")(features.astype(dtype))
     x = x + common.dense(cfg, cfg.hidden_size, (None, "embed"), ("embed",),

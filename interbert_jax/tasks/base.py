@@ -71,8 +71,8 @@ class Task:
                                    process_index=process_index, process_count=process_count)
 
   def feature_stats(self, config):
-    """(mean [F], std [F]) of the training split's region features: the input
-    standardisation of a fresh feature projection (model.feature_norm)."""
+    """The training split's region-feature statistics (pipeline.feature_stats): the
+    input standardisation of a fresh feature projection (model.feature_norm)."""
     return pipeline.feature_stats(config, self.data_dir(config))
 
   def data_dir(self, config) -> str:

@@ -35,9 +35,11 @@ def projection(params):
   return params[MODULE][PROJECTION]["kernel"]
 
 
-def with_stats(params, mean, std):
-  """params with feature_mean / feature_scale set from the data's mean and std [F]
-  (each leaf keeps its sharding)."""
+def with_stats(params, stats: dict, mode: str):
+  """params with feature_mean / feature_scale set from the data's statistics `stats`
+  (pipeline.feature_stats) for model.feature_norm `mode`; each leaf keeps its sharding."""
+  prefix = "rms_" if mode == "rms_standardize" else ""
+  mean, std = stats[prefix + "mean"], stats[prefix + "std"]
   emb = dict(params[MODULE])
   for name, value in ((MEAN, np.asarray(mean, np.float32)), (SCALE, scale_of(std))):
     old = emb[name]

@@ -15,16 +15,18 @@ class PlateauDetector:
   """Fires once when the ITM loss sits at ln 2 after the warm-up, on whichever of two
   diagnostics trips first:
 
-  - **spread collapse** (early): the ITM loss has stayed within `tolerance` (relative) of
-    ln 2 for `collapse_steps` post-warm-up steps *and* the logged `itm_logit_std` has
-    shrunk to `spread_shrink` x its largest logged value or below `spread_floor` (a head
-    that answers every pair alike and is getting more so: it is not about to learn);
-  - **band**: the ITM loss has stayed in the band for `window_steps` post-warm-up steps,
-    whatever the spread.
+  - **spread collapse** (early): for `collapse_steps` post-warm-up steps the ITM loss has
+    been no better than chance (>= (1 - tolerance) ln 2: in the band, or above it, where
+    a head that is confidently wrong early in a run sits) *and* the logged
+    `itm_logit_std` has shrunk to `spread_shrink` x its largest logged value or below
+    `spread_floor`: a head that answers every pair more and more alike is not about to
+    learn;
+  - **band**: the ITM loss has stayed within `tolerance` (relative) of ln 2 for
+    `window_steps` post-warm-up steps, whatever the spread.
 
   A log window ending at `step` covers the steps (previous logged step, step]; its mean
   stands for all of them. Steps up to `warmup_steps` never count; a window whose loss
-  leaves the band resets the count.
+  leaves the band (or, for the early rule, drops below it) resets that rule's count.
   """
 
   def __init__(self, window_steps: int, tolerance: float, warmup_steps: int = 0,
@@ -43,6 +45,7 @@ class PlateauDetector:
     self.fired = False
     self._last_step = int(start_step)
     self._band_start = None      # the in-band run covers steps (_band_start, last step]
+    self._chance_start = None    # the no-better-than-chance run, likewise
     self._peak = (0.0, None)     # (largest logged itm_logit_std, its step)
 
   @classmethod
@@ -80,17 +83,19 @@ class PlateauDetector:
       collapsed = ""
     if self.window_steps <= 0 or self.fired:
       return None
-    if step <= self.warmup_steps or not self.in_band(itm_loss):
-      self._band_start = None
-      return None
-    if self._band_start is None:
-      self._band_start = max(start, self.warmup_steps)
-    held = step - self._band_start
-    if self.collapse_steps > 0 and held >= self.collapse_steps and collapsed:
+    post_warmup = step > self.warmup_steps
+    at_chance = post_warmup and float(itm_loss) >= (1.0 - self.tolerance) * LN2
+    self._chance_start = (max(start, self.warmup_steps) if self._chance_start is None
+                          else self._chance_start) if at_chance else None
+    in_band = post_warmup and self.in_band(itm_loss)
+    self._band_start = (max(start, self.warmup_steps) if self._band_start is None
+                        else self._band_start) if in_band else None
+    if (self.collapse_steps > 0 and collapsed and at_chance
+        and step - self._chance_start >= self.collapse_steps):
       self.fired = True
-      return (f"spread collapse: itm_loss ~ ln 2 for >= {self.collapse_steps} steps after "
-              f"warm-up and {collapsed}")
-    if held >= self.window_steps:
+      return (f"spread collapse: itm_loss no better than ln 2 for >= {self.collapse_steps} "
+              f"steps after warm-up and {collapsed}")
+    if in_band and step - self._band_start >= self.window_steps:
       self.fired = True
       return f"band: itm_loss ~ ln 2 for >= {self.window_steps} steps after warm-up"
     return None
