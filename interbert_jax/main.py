@@ -46,6 +46,7 @@ import interbert_jax
 from interbert_jax import cli
 from interbert_jax import errors
 from interbert_jax.checkpoints import init_from as init_from_lib
+from interbert_jax.checkpoints import model_files
 from interbert_jax import tasks
 from interbert_jax.checkpoints import run_state
 from interbert_jax.checkpoints import workdir_check
@@ -123,11 +124,16 @@ def init_or_restore(config, task, model, tx, ckpt, mesh):
     state["params"] = init_from_lib.load_init_params(
         config.init_from, state["params"], ignore=task.init_from_ignore,
         model_config=config.model)
-  if fresh is not None and feature_norm.projection(state["params"]) is fresh:
-    # A new feature projection reads features standardised by the training data's
-    # statistics (model.feature_norm); a loaded one keeps what it was trained with.
-    state["params"] = feature_norm.with_stats(state["params"], task.feature_stats(config),
-                                              config.model.feature_norm)
+  if fresh is not None:
+    loaded = feature_norm.projection(state["params"]) is not fresh
+    if loaded and init_from_lib.hf_bert_config(config.init_from) is None:
+      loaded_norm = model_files.read_model_config(config.init_from).get("feature_norm", "none")
+      feature_norm.check_loaded(config.init_from, loaded_norm, config.model.feature_norm)
+    if not loaded or feature_norm.is_identity(state["params"]):
+      # A new feature projection (or one `convert hf_bert` wrote, never trained) reads
+      # features standardised by the training data's statistics (model.feature_norm).
+      state["params"] = feature_norm.with_stats(state["params"], task.feature_stats(config),
+                                                config.model.feature_norm)
   if "ema_params" in state and (config.init_from or fresh is not None):
     state = state_lib.reset_ema(state, state_sh)
   return state, train_rng, abstract, state_sh, 0

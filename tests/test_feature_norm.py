@@ -1,5 +1,6 @@
-"""model.feature_norm=standardize (docs/plateau.md): the statistics prepare records, the
-frozen standardisation the trainer sets, and its folding into the released layout."""
+"""model.feature_norm (docs/plateau.md): the statistics prepare records, the frozen
+standardisation the trainer sets, its folding into the released layout (standardize)
+and the refusal of what the released layout cannot express (rms_standardize)."""
 import os
 
 import jax
@@ -86,6 +87,14 @@ def test_to_reference_folds_the_standardisation_into_the_projection():
                              atol=1e-5)
 
 
+def test_to_reference_refuses_the_rms_normalisation_it_cannot_express():
+  from interbert_jax.convert.tensor_io import ConversionError
+  m = ml_collections.ConfigDict(get_config("tiny").model.to_dict())
+  assert m.feature_norm == "rms_standardize"          # the default
+  with pytest.raises(ConversionError, match="rms_standardize.*cannot express"):
+    reference.params_to_reference({"embeddings": {}, "region_embeddings": {}}, m)
+
+
 def test_prepared_split_records_its_statistics(tmp_path):
   rng = np.random.default_rng(2)
   feats = [np.exp(rng.normal(size=(n, 4))).astype(np.float32) for n in (2, 3)]
@@ -110,7 +119,7 @@ def test_prepared_split_records_its_statistics(tmp_path):
 
 
 def test_the_quick_start_sets_and_keeps_the_data_statistics(tiny_pretrain_run):
-  """The shipped tiny run (model.feature_norm=standardize by default): its last
+  """The shipped tiny run (model.feature_norm=rms_standardize by default): its last
   checkpoint holds the training split's statistics, unchanged by 3,000 steps."""
   import interbert_jax
   from interbert_jax.data import pipeline

@@ -317,6 +317,14 @@ def _cases(world, trained, tmp):
           ["interbert_jax.export", f"--workdir={trained['workdir']}",
            f"--output={trained['native']}"], [trained["native"]],
           ["exists and is not empty", "--overwrite"]),
+      # Its image projection was trained on RMS-standardised features (the default).
+      "init_from with another feature_norm": (
+          ["interbert_jax.main", "--config=configs/pretrain.py:tiny",
+           f"--workdir={tmp / 'other_norm'}", "--config.total_steps=2", *SMALL,
+           f"--config.init_from={trained['native']}",
+           "--config.model.feature_norm=standardize"], [trained["native"]],
+          ["trained with model.feature_norm='rms_standardize'",
+           "--config.model.feature_norm=rms_standardize"]),
   })
   return cases
 
@@ -327,7 +335,8 @@ TABLE = ["split empty", "split ..", "split absolute", "split exists",
          "convert truncated export", "evaluate truncated checkpoint",
          "evaluate deleted checkpoint file", "evaluate truncated safetensors",
          "convert truncated safetensors", "convert deleted export file",
-         "convert output exists", "export output exists"]
+         "convert output exists", "export output exists",
+         "init_from with another feature_norm"]
 
 
 @pytest.fixture(scope="module")

@@ -78,24 +78,28 @@ def test_main_reports_a_disagreeing_bert_in_one_line(tmp_path):
       tmp_path / "run" / "checkpoints")
 
 
-def test_small_learns_a_shortened_held_out_preset(tmp_path):
-  """One command converts the bundled BERT and pretrains: `small` on `one_box` (a preset
-  not used to tune it), seed 2 (not used to tune it), shortened to 400 steps.
+def test_small_learns_a_shortened_held_out_detector_preset(tmp_path):
+  """One command converts the bundled BERT and pretrains: `small` on `detector_scale`
+  (detector-like 2048-d features whose scale varies ~5x between images; held out from
+  the choice of the recipe, docs/plateau.md), seed 2 (never used in tuning), shortened to
+  400 steps with every default as shipped, `model.feature_norm` included.
 
-  The full-length figures are benchmarks/presets.py's (docs/plateau.md "The small
-  recipe"). Measured with the first version of the recipe (BERT at 0.1x, zero pooler
-  biases): eval ITM 0.855 (MSM 0.756, MRM 0.474) at step 400; the current recipe's figure
-  is printed (pytest -s).
+  The full-length figures are benchmarks/presets.py's (docs/plateau.md "Detector-like
+  features"). The level was set from the development runs before this test first ran
+  (eval ITM 0.68 at step 250 of 1,000 on `detector`, seed 7); the figure is printed
+  (pytest -s).
   """
   from tests.conftest import train
   workdir = tmp_path / "small"
-  stderr = train("configs/pretrain.py:small,preset=one_box", workdir, "--config.seed=2",
-                 "--config.data.synthetic.seed=2", "--config.total_steps=400",
-                 "--config.eval_every_steps=400", "--config.checkpoint_every_steps=400",
-                 "--config.log_every_steps=100")
+  stderr = train("configs/pretrain.py:small,preset=detector_scale", workdir,
+                 "--config.seed=2", "--config.data.synthetic.seed=2",
+                 "--config.total_steps=400", "--config.eval_every_steps=400",
+                 "--config.checkpoint_every_steps=400", "--config.log_every_steps=100")
   assert "BERT layers 0-2 -> single stream, 3-5 -> text stream" in stderr
+  assert "feature statistics of" in stderr          # set from the generated split's file
   assert "ITM plateau" not in stderr
   rows = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
   ev = [r for r in rows if "eval_itm_acc" in r][-1]
-  print("small on one_box, seed 2, step 400:", {k: round(v, 4) for k, v in ev.items()})
-  assert ev["step"] == 400 and ev["eval_itm_acc"] >= 0.70, ev          # chance 0.5
+  print("small on detector_scale, seed 2, step 400:",
+        {k: round(v, 4) for k, v in ev.items()})
+  assert ev["step"] == 400 and ev["eval_itm_acc"] >= 0.65, ev          # chance 0.5

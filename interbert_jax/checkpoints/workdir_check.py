@@ -25,7 +25,8 @@ MODEL_FREE = ("model.dtype", "model.remat_policy", "model.embedding_dropout",
               "model.itm_dropout")
 MODEL_FREE_SUFFIXES = ("hidden_dropout", "attention_dropout")
 # Keys added after runs were made: a config.json without one was made with this value.
-ADDED_KEYS = {"model.pooler_bias_init": 0.0, "model.vocab_pad_multiple": 1}
+ADDED_KEYS = {"model.pooler_bias_init": 0.0, "model.vocab_pad_multiple": 1,
+              "model.feature_norm": "none"}
 
 
 class WorkdirMismatchError(config_validation.ConfigError):

@@ -123,6 +123,11 @@ def to_reference_checkpoint(checkpoint, output, reference_config_output=None,
       raise ConversionError(f"{flag}={path} exists; pass --overwrite to replace it")
     if path and os.path.isdir(path):
       raise ConversionError(f"{flag}={path} is a directory; give a file name")
+  # A file we cannot write fails now, before loading and converting (OSError: one line).
+  probe = _tmp_beside(output)
+  with open(probe, "wb"):
+    pass
+  os.remove(probe)
   try:
     _, params, m = model_files.load_checkpoint(checkpoint)
   except (ValueError, FileNotFoundError) as e:

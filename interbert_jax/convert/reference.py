@@ -105,6 +105,12 @@ def params_to_reference(params, m):
   `cls.predictions.decoder.weight` is the same array object as the word embeddings, so a
   torch file stores one shared tensor (as the reference's own state dict does).
   """
+  if m.get("feature_norm", "none") == "rms_standardize":
+    raise ConversionError(
+        "model.feature_norm=rms_standardize: this model divides each region's features by "
+        "their root mean square before its projection, which the reference's linear "
+        "image embedding cannot express; only feature_norm=standardize or none convert to "
+        "the reference layout")
   out = {}
   word = layout.unpad_vocab(params["embeddings"]["word_embeddings"]["embedding"],
                             m.vocab_size)
@@ -116,12 +122,6 @@ def params_to_reference(params, m):
       emb["token_type_embeddings"]["embedding"])
   out.update(layout.norm_to_torch(emb["LayerNorm"], "bert.embeddings.LayerNorm"))
   reg = params["region_embeddings"]
-  if m.get("feature_norm", "none") == "rms_standardize":
-    raise ConversionError(
-        "model.feature_norm=rms_standardize: this model divides each region's features by "
-        "their root mean square before its projection, which the reference's linear "
-        "image embedding cannot express; only feature_norm=standardize or none convert to "
-        "the reference layout")
   out.update(layout.dense_to_torch(_fold_feature_norm(reg), "bert.v_embeddings.image_embeddings"))
   out.update(layout.dense_to_torch(reg["location"],
                                    "bert.v_embeddings.image_location_embeddings"))

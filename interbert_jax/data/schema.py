@@ -9,6 +9,9 @@ A prepared dataset is a directory DIR:
   DIR/<split>/               a TFDS dataset directory (ArrayRecord shards, TFDS split
                              "train") holding the split's images IN INPUT ORDER, so record
                              i is image_index i (random access, see `open_images`).
+  DIR/<split>/feature_stats.npz  per-channel mean / std [F] of every region's features,
+                             raw and over each region's RMS (FeatureStatsAccumulator);
+                             what model.feature_norm standardises with.
   DIR/<split>_captions.npz   image_index int32 [m], offsets int64 [m+1], token_ids int32
                              [sum]; caption k = token_ids[offsets[k]:offsets[k+1]], WordPiece
                              ids WITHOUT [CLS]/[SEP].
@@ -377,8 +380,16 @@ def read_feature_stats(data_dir, split):
   path = os.path.join(split_dir(data_dir, split), FEATURE_STATS_FILE)
   if not os.path.exists(path):
     return None
-  with np.load(path) as z:
-    return {k: (int(z[k]) if k == "regions" else z[k]) for k in z.files}
+  try:
+    with np.load(path) as z:
+      stats = {k: (int(z[k]) if k == "regions" else z[k]) for k in z.files}
+  except (OSError, ValueError) as e:
+    raise DatasetError(f"{path} cannot be read ({errors.one_line(str(e))}); delete it "
+                       "to have training compute the statistics, or prepare the split "
+                       "again") from None
+  if not {"mean", "std", "rms_mean", "rms_std", "regions"} <= set(stats):
+    return None     # an older layout of the file: treated as absent
+  return stats
 
 
 def _writer_io(fn, *args, path):

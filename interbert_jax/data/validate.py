@@ -84,18 +84,24 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems, notes=No
                     f"{info['num_shards']}")
   bad_shards = schema.check_shards(data_dir, split)
   problems.extend(bad_shards.values())
-  feature_stats = schema.read_feature_stats(data_dir, split)
+  try:
+    feature_stats = schema.read_feature_stats(data_dir, split)
+  except schema.DatasetError as e:
+    problems.append(str(e))
+    feature_stats = {}
   if feature_stats is None:
     notes.append(f"{where}: no {schema.FEATURE_STATS_FILE} (prepared before it existed): "
                  "training computes the feature statistics from the first images; prepare "
                  "the split again to record them over every region")
-  else:
-    mean, std, regions = (feature_stats[k] for k in ("mean", "std", "regions"))
-    stats["feature_stats"] = {
-        "regions": regions, "mean": [round(float(mean.min()), 4), round(float(mean.max()), 4)],
-        "std": [round(float(std.min()), 4), round(float(std.max()), 4)],
-        "mean_norm_over_std_norm": round(float(np.linalg.norm(mean) / max(
-            np.linalg.norm(std), 1e-12)), 3)}
+  elif feature_stats:
+    rng = lambda a: [round(float(a.min()), 4), round(float(a.max()), 4)]
+    stats["feature_stats"] = {"regions": feature_stats["regions"]}
+    for prefix in ("", "rms_"):   # raw, and over each region's RMS (model.feature_norm)
+      mean, std = feature_stats[prefix + "mean"], feature_stats[prefix + "std"]
+      stats["feature_stats"].update({
+          prefix + "mean": rng(mean), prefix + "std": rng(std),
+          prefix + "mean_norm_over_std_norm": round(float(
+              np.linalg.norm(mean) / max(np.linalg.norm(std), 1e-12)), 3)})
   try:
     caps = schema.load_captions(data_dir, split)
   except schema.DatasetError as e:

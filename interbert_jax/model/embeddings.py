@@ -59,12 +59,15 @@ FEATURE_NORMS = ("standardize", "rms_standardize", "none")
 class RegionEmbeddings(nn.Module):
   """LayerNorm(Dense_F->H(feature') + Dense_5->H(location) [+ segment]), dropout.
 
-  feature' = (feature - feature_mean) * feature_scale with `model.feature_norm=standardize`
-  (the default): per-channel statistics of the training data, set by the trainer when the
-  feature projection starts fresh (training/feature_norm.py) and never trained (no gradient
-  reaches them, so Adam and weight decay leave them as set). They start as the identity
-  (0, 1), so a checkpoint trained on raw features (the released model) gives the same
-  outputs. `none`: the raw features (the released architecture, no such parameters).
+  feature' (model.feature_norm, docs/plateau.md):
+    "rms_standardize" (the default): g = feature / RMS(feature) per region, then
+                      (g - feature_mean) * feature_scale;
+    "standardize":    (feature - feature_mean) * feature_scale;
+    "none":           the raw feature (the released model; no such parameters).
+  feature_mean / feature_scale [F] are the training split's statistics, set by the trainer
+  when the projection starts fresh (training/feature_norm.py) and never trained (no
+  gradient reaches them, so Adam and weight decay leave them as set). They start as the
+  identity (0, 1).
 
   The released model gives image tokens no segment embedding; with
   `model.modality_segments` the caller passes `segment` (token-type 0) and it is added

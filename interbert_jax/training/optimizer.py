@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from interbert_jax.errors import BadValueError
+from interbert_jax.model.params import FROZEN
 
 OPTIMIZERS = ("adamw",)                          # allowed config.optimizer.name
 # allowed config.optimizer.schedule: "linear_decay" (pretraining) | "step_decay" (fine-tuning:
@@ -71,6 +72,8 @@ def param_labels(params) -> Any:
 def decay_mask(params, reference_decay_mask: bool = False) -> Any:
   """True where weight decay applies: kernels/embeddings (or, with the quirk, the rest)."""
   def decayed(names):
+    if names[-1] in FROZEN:          # frozen statistics: never decayed (no gradient either)
+      return False
     is_matrix = names[-1] in _DECAYED_LEAVES
     return (not is_matrix) if reference_decay_mask else is_matrix
   return _map_with_names(decayed, params)
