@@ -131,3 +131,15 @@ def test_the_quick_start_sets_and_keeps_the_data_statistics(tiny_pretrain_run):
   reg = params["region_embeddings"]
   np.testing.assert_array_equal(np.asarray(reg["feature_mean"]), mean)
   np.testing.assert_array_equal(np.asarray(reg["feature_scale"]), feature_norm.scale_of(std))
+
+
+def test_identity_statistics_are_recognised_and_a_mismatch_names_the_flag():
+  params = {"region_embeddings": {"feature_mean": np.zeros(3, np.float32),
+                                  "feature_scale": np.ones(3, np.float32)}}
+  assert feature_norm.is_identity(params)           # e.g. what `convert hf_bert` writes
+  params["region_embeddings"]["feature_scale"][1] = 0.5
+  assert not feature_norm.is_identity(params)
+  feature_norm.check_loaded("ckpt", "rms_standardize", "rms_standardize")
+  from interbert_jax import errors
+  with pytest.raises(errors.UserError, match="--config.model.feature_norm=none"):
+    feature_norm.check_loaded("ckpt", "none", "rms_standardize")
