@@ -200,18 +200,14 @@ def test_kill9_mid_evaluation_then_same_command_gives_same_json(tiny_pretrain_ru
 
 # ----------------------------------------------------------------------------- export
 
-def test_reference_export_of_the_default_model_is_refused_and_ema_is_preferred(
-    tiny_pretrain_run, tmp_path):
-  # The quick start reads features with model.feature_norm=rms_standardize (the default),
-  # which the reference's linear image embedding cannot express (docs/plateau.md): one
-  # clear error, nothing written. Reference -> ours -> reference stays bitwise for the
-  # released model (tests/test_convert_reference.py); standardize folds
-  # (tests/test_feature_norm.py).
+def test_reference_export_round_trips_and_ema_is_preferred(tiny_pretrain_run, tmp_path):
+  pytest.importorskip("torch")
   workdir = tiny_pretrain_run["workdir"]
-  with pytest.raises(export.ExportError, match="rms_standardize.*cannot express"):
-    export.export(workdir, str(tmp_path / "ref"), format="reference")
-  assert not (tmp_path / "ref").exists()
-  info = export.export(workdir, str(tmp_path / "native"))
+  info = export.export(workdir, str(tmp_path / "ref"), format="reference")
+  params, _ = commands.reference_checkpoint(str(tmp_path / "ref" / "pytorch_model.bin"),
+                                            str(tmp_path / "ref" / "bert_config.json"),
+                                            config_variant="tiny")
+  assert model_files.checksums(params) == info["checksums"]
 
   # A step with an EMA item (as fine-tuning writes it): the default export uses it.
   fake = tmp_path / "work"

@@ -223,8 +223,7 @@ def test_tiny_learns_on_synthetic_data(tiny_pretrain_run):
   the session's shared run, conftest.py).
 
   Measured (eval on 256 validation pairs, bit-identical across runs on one CPU model):
-  ITM 0.934, MSM 0.751, MRM 0.766 at step 3000 with model.feature_norm=rms_standardize
-  (Intel Xeon; raw features before it: 0.910, 0.769, 0.789, AMD EPYC). Chance: ITM 0.5; MSM 0.21 (most frequent
+  ITM 0.910, MSM 0.769, MRM 0.789 at step 3000 (an earlier machine: 0.918, 0.772, 0.797). Chance: ITM 0.5; MSM 0.21 (most frequent
   word; text alone tops out near 0.68 since object/attribute words need the regions);
   MRM 0.18 (most frequent class).
   """

@@ -43,6 +43,7 @@ def test_schedule_warmup_then_linear_decay():
 
 def test_labels_and_decay_mask_on_the_real_tree():
   config = get_config("tiny")
+  config.model.feature_norm = "rms_standardize"        # the frozen statistics too
   model = interbert_jax.build_model(config.model)
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(config.model)))
   params = partitioning.unbox(boxed)["params"]
