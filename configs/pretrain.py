@@ -285,17 +285,17 @@ def get_config(arg="tiny"):
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-  # ITM plateau warning (docs/plateau.md): one absl warning when the logged itm_loss sits
-  # within `tolerance` (relative) of ln 2 after the warm-up, either for `collapse_steps`
-  # steps while itm_logit_std has shrunk to `spread_shrink` x its peak or below
-  # `spread_floor` (early: the head is collapsing), or for `window_steps` steps whatever
-  # the spread. It names the diagnostic that tripped, the step, itm_loss, the dead pooler
-  # fractions and itm_logit_std. window_steps=0: no warning; collapse_steps=0 (the
-  # default): no early one, which also fired on 2 of 5 held-out runs that went on to learn
-  # (docs/plateau.md "The warning").
+  # ITM plateau warning (docs/plateau.md "The warning"): one absl warning when, after the
+  # warm-up, either every log window of `collapse_steps` steps had itm_loss no better than
+  # ln 2, itm_logit_std shrunk to `spread_shrink` x its peak (or below `spread_floor`) and
+  # at least `dead_image_floor` of the image pooler's units dead (collapse: early), or
+  # itm_loss has sat within `tolerance` (relative) of ln 2 for `window_steps` steps
+  # whatever the diagnostics (band). It names the rule that tripped, the step,
+  # itm_loss, the dead pooler fractions and itm_logit_std. window_steps=0: no warning;
+  # collapse_steps=0: no early one.
   c.plateau = ml_collections.ConfigDict(dict(
-      window_steps=2_000, tolerance=0.01, collapse_steps=0, spread_shrink=0.5,
-      spread_floor=0.01))
+      window_steps=2_000, tolerance=0.01, collapse_steps=500, spread_shrink=0.5,
+      spread_floor=0.01, dead_image_floor=0.1))
 
   if variant in ("tiny", "small"):
     c.total_steps = 3_000             # ~4 minutes on 2 CPU cores (eval ITM ~0.91, MRM ~0.8).
@@ -313,6 +313,7 @@ def get_config(arg="tiny"):
     # Warm-up ends at step 300; the quick start's eval ITM accuracy is 0.71 at step 500
     # (README table): 500 steps at chance after warm-up means it is stuck.
     c.plateau.window_steps = 500
+    c.plateau.collapse_steps = 100
     # Dropout only slows learning of the small synthetic world (no overfitting within the
     # budget): measured 0.58 vs 0.73 ITM at step 500. Unit tests that need dropout set it.
     m = c.model

@@ -312,7 +312,8 @@ def _train_loop(config, mesh, ckpt, writer, process, num_processes, peak):
                      " ".join(f"{k} {scalars[k]:.3f}" for k in shown),
                      100 * scalars["mfu"])
         reason = plateau and plateau.update(step, scalars["itm_loss"],
-                                            scalars["itm_logit_std"])
+                                            scalars["itm_logit_std"],
+                                            scalars["dead_image_pooler"])
         if reason:
           logging.warning("%s", plateau_lib.warning_message(step, scalars, reason))
         if scalars.get("msm_packing_fallback", 0.0) >= 0.25 and not warned_fallback:

@@ -74,66 +74,82 @@ def test_warning_names_step_values_reason_and_doc():
 
 
 def _feed_spread(detector, rows):
-  """rows: (step, itm_loss, itm_logit_std) -> [(step, reason)] where update() fired."""
-  return [(s, r) for s, l, std in rows if (r := detector.update(s, l, std))]
+  """rows: (step, itm_loss, itm_logit_std, dead_image_pooler) -> [(step, reason)] where
+  update() fired."""
+  return [(s, r) for s, l, std, dead in rows if (r := detector.update(s, l, std, dead))]
 
 
-def test_collapsing_spread_warns_early():
-  # The shape of a stalled detector-feature run (docs/plateau.md): at ln 2 from the
-  # start, the logit spread shrinking from 0.23 after the warm-up.
-  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
-                              collapse_steps=100)
-  spreads = [0.15, 0.23, 0.17, 0.12, 0.08, 0.05, 0.03]
-  rows = [(50 * (i + 1), LN2, v) for i, v in enumerate(spreads)]
-  fired = _feed_spread(d, rows)
-  assert [s for s, _ in fired] == [250], fired      # 0.08 <= 0.5 x 0.23, band since 100
-  assert fired[0][1].startswith("spread collapse") and "from 0.23 at step 100" in fired[0][1]
+def _small_detector():
+  """small's defaults: warm-up 100 of 1,000 steps, band 500, collapse 100."""
+  return plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
+                                 collapse_steps=100)
 
 
-def test_a_confidently_wrong_head_above_the_band_warns_early_too():
-  # The stalled `small` run on the shared detector world without MRM (docs/plateau.md):
-  # the loss above ln 2, the spread falling from 0.293 at step 50.
-  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
-                              collapse_steps=100)
-  rows = [(50, 0.7588, 0.293), (100, 0.7335, 0.236), (150, 0.7367, 0.204),
-          (200, 0.7276, 0.111), (250, 0.7131, 0.042)]
-  fired = _feed_spread(d, rows)
-  assert [s for s, _ in fired] == [200] and "from 0.293 at step 50" in fired[0][1], fired
+# Logged (step, itm_loss, itm_logit_std, dead_image_pooler) of real `small` runs
+# (docs/plateau.md "The warning"), 1,000 steps each.
+STALLED_STANDARDISED = [   # the shared detector world, standardised features: stalled
+    (100, 0.7466, 0.231, 0.001), (200, 0.7237, 0.119, 0.032), (300, 0.6991, 0.054, 0.109),
+    (400, 0.7033, 0.021, 0.213)]
+LEARNED_AFTER_ONE_BAD_WINDOW = [   # detector_scale, seed 11: eval ITM 0.820 at 500, 0.891
+    (50, 0.717, 0.273, 0.0), (100, 0.735, 0.349, 0.0), (150, 0.744, 0.123, 0.033),
+    (200, 0.735, 0.055, 0.055), (250, 0.696, 0.174, 0.065), (300, 0.701, 0.027, 0.212),
+    (350, 0.689, 0.18, 0.115), (400, 0.628, 0.776, 0.017), (450, 0.519, 1.606, 0.0)]
+LEARNED_CLUTTER = [        # detector_clutter, seed 7: eval ITM 0.605 at 500, 0.863 at 1,000
+    (50, 0.7205, 0.24, 0.0), (100, 0.7216, 0.178, 0.0), (150, 0.7245, 0.242, 0.0),
+    (200, 0.7219, 0.171, 0.024), (250, 0.7079, 0.072, 0.037), (300, 0.7033, 0.057, 0.043),
+    (350, 0.6995, 0.117, 0.031), (400, 0.7012, 0.073, 0.053), (450, 0.6834, 0.192, 0.027),
+    (500, 0.6699, 0.453, 0.011), (550, 0.6412, 0.728, 0.002), (600, 0.6323, 0.72, 0.005)]
 
 
-def test_a_learning_run_does_not_warn():
-  # The development run with standardised detector features (docs/plateau.md): the spread
-  # dips to 0.64 x its peak before the loss leaves ln 2 at step 450.
-  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
-                              collapse_steps=100)
-  rows = [(50, 0.7159, 0.224), (100, 0.713, 0.308), (150, 0.7175, 0.197),
-          (200, 0.7092, 0.21), (250, 0.7081, 0.277), (300, 0.7057, 0.283),
-          (350, 0.6929, 0.279), (400, 0.7008, 0.21), (450, 0.6804, 0.348),
-          (500, 0.6372, 0.605)]
-  assert _feed_spread(d, rows) == []
+def test_a_collapsing_head_with_a_dying_image_pooler_warns_early():
+  fired = _feed_spread(_small_detector(), STALLED_STANDARDISED)
+  assert [s for s, _ in fired] == [300], fired     # 30% of the run; the band rule: >= 600
+  reason = fired[0][1]
+  assert reason.startswith("collapse") and "from 0.231 at step 100" in reason, reason
+  assert "dead_image_pooler 0.109 >= 0.1" in reason, reason
+  # Logged every 50 steps, the same windows warn once two in a row (100 steps) collapse.
+  rows = [(50 * i, LN2, 0.3 if i < 4 else 0.05, 0.0 if i < 4 else 0.2) for i in range(1, 9)]
+  assert [s for s, _ in _feed_spread(_small_detector(), rows)] == [250]
+
+
+def test_runs_that_learn_after_a_dip_do_not_warn():
+  # The spread fell to 0.24 x its peak at step 300 while at chance, the image pooler
+  # alive (<= 5.3% dead): a spread-only rule fired here at step 250.
+  assert _feed_spread(_small_detector(), LEARNED_CLUTTER) == []
+  # One window (step 300) with everything collapsed, then the head took off.
+  assert _feed_spread(_small_detector(), LEARNED_AFTER_ONE_BAD_WINDOW) == []
+
+
+def test_a_shrinking_spread_alone_or_a_dying_pooler_alone_does_not_warn_early():
+  rows = [(50 * i, LN2, 0.3 if i < 3 else 0.02, 0.0) for i in range(1, 12)]
+  assert _feed_spread(_small_detector(), rows) == []            # spread only
+  rows = [(50 * i, LN2, 0.3, 0.5) for i in range(1, 12)]
+  assert _feed_spread(_small_detector(), rows) == []            # dead pooler only
+  # Without dead_image_pooler the early rule cannot trip; the band still does.
+  rows = [(50 * i, LN2, 0.004, None) for i in range(1, 14)]
+  fired = _feed_spread(_small_detector(), rows)
+  assert [s for s, _ in fired] == [600] and fired[0][1].startswith("band"), fired
 
 
 def test_a_growing_spread_does_not_warn_early():
   # At ln 2 but the head is starting to separate pairs: only the band rule may fire.
-  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
-                              collapse_steps=100)
-  rows = [(50 * i, LN2, 0.1 + 0.02 * i) for i in range(1, 14)]
-  fired = _feed_spread(d, rows)
+  rows = [(50 * i, LN2, 0.1 + 0.02 * i, 0.3) for i in range(1, 14)]
+  fired = _feed_spread(_small_detector(), rows)
   assert [s for s, _ in fired] == [600] and fired[0][1].startswith("band"), fired
 
 
 def test_a_constant_head_warns_early_below_the_floor():
-  d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=100,
-                              collapse_steps=100)
-  fired = _feed_spread(d, [(50 * i, LN2, 0.004) for i in range(1, 14)])
+  # `tiny` on the shared detector world: spread ~0.002 from the start, pooler dying.
+  fired = _feed_spread(_small_detector(), [(100 * i, LN2, 0.002, 0.4 + 0.05 * i)
+                                           for i in range(1, 11)])
   assert [s for s, _ in fired] == [200] and "< 0.01 (a constant head)" in fired[0][1]
 
 
 def test_leaving_the_band_resets_the_early_count_too():
   d = plateau.PlateauDetector(window_steps=500, tolerance=0.01, warmup_steps=0,
                               collapse_steps=100)
-  rows = [(50, LN2, 0.2), (100, 0.65, 0.05), (150, LN2, 0.05), (200, LN2, 0.05),
-          (250, LN2, 0.05)]
+  rows = [(50, LN2, 0.2, 0.2), (100, 0.65, 0.05, 0.2), (150, LN2, 0.05, 0.2),
+          (200, LN2, 0.05, 0.2), (250, LN2, 0.05, 0.2)]
   assert [s for s, _ in _feed_spread(d, rows)] == [200]   # the band holds from step 100
 
 

@@ -39,6 +39,7 @@ def test_shipped_configs_are_valid(variant):
     ("eval_retrieval_images", -5, r"config\.eval_retrieval_images=-5: must be an integer >= 0"),
     ("plateau.window_steps", -1, r"config\.plateau\.window_steps=-1: must be an integer >= 0"),
     ("plateau.tolerance", 1.5, r"config\.plateau\.tolerance=1\.5: must be in \(0, 1\)"),
+    ("plateau.dead_image_floor", 1.5, r"config\.plateau\.dead_image_floor=1\.5: must be in"),
     ("loss.msm_packing", 1.5, r"config\.loss\.msm_packing=1\.5: must be in \[0, 1\]"),
 ])
 def test_bad_values_name_their_key(key, value, message):

@@ -160,6 +160,8 @@ def config_errors(config, *, num_devices: int, process_count: int = 1) -> list[s
   check(0.0 < config.plateau.spread_shrink < 1.0, "plateau.spread_shrink",
         "must be in (0, 1) (a fraction of the largest logged itm_logit_std)")
   check(config.plateau.spread_floor >= 0.0, "plateau.spread_floor", "must be >= 0")
+  check(0.0 <= config.plateau.dead_image_floor <= 1.0, "plateau.dead_image_floor",
+        "must be in [0, 1] (a fraction of the image pooler's units)")
   check(config.peak_flops_per_device >= 0, "peak_flops_per_device",
         "must be >= 0 (0 = measure at start-up)")
   for key in ("data.train_split", "data.eval_split"):   # each becomes DIR/<split>

@@ -15,14 +15,15 @@ class PlateauDetector:
   """Fires once when the ITM loss sits at ln 2 after the warm-up, on whichever of two
   diagnostics trips first:
 
-  - **spread collapse** (early): for `collapse_steps` post-warm-up steps the ITM loss has
-    been no better than chance (>= (1 - tolerance) ln 2: in the band, or above it, where
-    a head that is confidently wrong early in a run sits) *and* the logged
-    `itm_logit_std` has shrunk to `spread_shrink` x its largest logged value or below
-    `spread_floor`: a head that answers every pair more and more alike is not about to
-    learn;
+  - **collapse** (early): in every log window of the last `collapse_steps` post-warm-up
+    steps, the ITM loss was no better than chance (>= (1 - tolerance) ln 2: in the band,
+    or above it, where a head that is confidently wrong early in a run sits), the logged
+    `itm_logit_std` had shrunk to `spread_shrink` x its largest logged value (or below
+    `spread_floor`), *and* at least `dead_floor` of the image pooler's units were dead.
+    Runs that went on to learn passed through single windows like that just before taking
+    off, never through `collapse_steps` of them (docs/plateau.md "The warning");
   - **band**: the ITM loss has stayed within `tolerance` (relative) of ln 2 for
-    `window_steps` post-warm-up steps, whatever the spread.
+    `window_steps` post-warm-up steps, whatever the diagnostics.
 
   A log window ending at `step` covers the steps (previous logged step, step]; its mean
   stands for all of them. Steps up to `warmup_steps` never count; a window whose loss
@@ -31,31 +32,33 @@ class PlateauDetector:
 
   def __init__(self, window_steps: int, tolerance: float, warmup_steps: int = 0,
                start_step: int = 0, collapse_steps: int = 0, spread_shrink: float = 0.5,
-               spread_floor: float = 0.01):
+               spread_floor: float = 0.01, dead_floor: float = 0.1):
     """window_steps: steps in the band before the band warning (0 = never warn at all);
     tolerance: |itm_loss - ln 2| <= tolerance * ln 2 is in the band; collapse_steps: steps
-    in the band before a collapsed spread warns (0 = no early warning); start_step: the
-    step training starts (or resumes) from."""
+    at chance before a collapse warns (0 = no early warning); dead_floor: the fraction of
+    dead image-pooler units that counts as dying; start_step: the step training starts
+    (or resumes) from."""
     self.window_steps = int(window_steps)
     self.tolerance = float(tolerance)
     self.warmup_steps = int(warmup_steps)
     self.collapse_steps = int(collapse_steps)
     self.spread_shrink = float(spread_shrink)
     self.spread_floor = float(spread_floor)
+    self.dead_floor = float(dead_floor)
     self.fired = False
     self._last_step = int(start_step)
     self._band_start = None      # the in-band run covers steps (_band_start, last step]
-    self._chance_start = None    # the no-better-than-chance run, likewise
+    self._collapse_start = None  # the run of collapsing windows, likewise
     self._peak = (0.0, None)     # (largest logged itm_logit_std, its step)
 
   @classmethod
   def from_config(cls, config, warmup_steps: int, start_step: int = 0):
     """From config.plateau (window_steps, tolerance, collapse_steps, spread_shrink,
-    spread_floor)."""
+    spread_floor, dead_image_floor)."""
     p = config.plateau
     return cls(p.window_steps, p.tolerance, warmup_steps, start_step,
                collapse_steps=p.collapse_steps, spread_shrink=p.spread_shrink,
-               spread_floor=p.spread_floor)
+               spread_floor=p.spread_floor, dead_floor=p.dead_image_floor)
 
   def in_band(self, itm_loss: float) -> bool:
     return abs(float(itm_loss) - LN2) <= self.tolerance * LN2
@@ -70,31 +73,35 @@ class PlateauDetector:
               f"(<= {self.spread_shrink:g} x its peak)")
     return ""
 
-  def update(self, step: int, itm_loss: float, itm_logit_std: float | None = None):
+  def update(self, step: int, itm_loss: float, itm_logit_std: float | None = None,
+             dead_image_pooler: float | None = None):
     """The log window ending at `step` had these means. -> None, or exactly once the
-    reason for the warning (a string naming the diagnostic that tripped)."""
+    reason for the warning (a string naming the diagnostic that tripped). The early rule
+    needs both `itm_logit_std` and `dead_image_pooler`."""
     start, self._last_step = self._last_step, int(step)
+    collapsed = ""
     if itm_logit_std is not None:
       spread = float(itm_logit_std)
       collapsed = self._collapsed(spread)
       if spread > self._peak[0]:
         self._peak = (spread, int(step))
-    else:
-      collapsed = ""
+    dying = dead_image_pooler is not None and float(dead_image_pooler) >= self.dead_floor
     if self.window_steps <= 0 or self.fired:
       return None
     post_warmup = step > self.warmup_steps
     at_chance = post_warmup and float(itm_loss) >= (1.0 - self.tolerance) * LN2
-    self._chance_start = (max(start, self.warmup_steps) if self._chance_start is None
-                          else self._chance_start) if at_chance else None
+    collapsing = bool(at_chance and collapsed and dying)
+    self._collapse_start = (max(start, self.warmup_steps) if self._collapse_start is None
+                            else self._collapse_start) if collapsing else None
     in_band = post_warmup and self.in_band(itm_loss)
     self._band_start = (max(start, self.warmup_steps) if self._band_start is None
                         else self._band_start) if in_band else None
-    if (self.collapse_steps > 0 and collapsed and at_chance
-        and step - self._chance_start >= self.collapse_steps):
+    if (self.collapse_steps > 0 and collapsing
+        and step - self._collapse_start >= self.collapse_steps):
       self.fired = True
-      return (f"spread collapse: itm_loss no better than ln 2 for >= {self.collapse_steps} "
-              f"steps after warm-up and {collapsed}")
+      return (f"collapse: for >= {self.collapse_steps} steps after warm-up, itm_loss no "
+              f"better than ln 2, {collapsed}, and dead_image_pooler "
+              f"{float(dead_image_pooler):.3f} >= {self.dead_floor:g}")
     if in_band and step - self._band_start >= self.window_steps:
       self.fired = True
       return f"band: itm_loss ~ ln 2 for >= {self.window_steps} steps after warm-up"
