@@ -71,6 +71,12 @@ def test_warning_names_step_values_reason_and_doc():
   for part in ("step 25", "(band: itm_loss", "0.6929", "dead_text_pooler 0.500",
                "dead_image_pooler 0.250", "itm_logit_std 0.007", "docs/plateau.md"):
     assert part in msg, part
+  assert "taking off" not in msg
+  early = plateau.warning_message(
+      300, dict(itm_loss=0.6991, dead_text_pooler=0.0, dead_image_pooler=0.109,
+                itm_logit_std=0.054), "collapse: for >= 100 steps after warm-up, ...")
+  assert "(collapse: for >= 100 steps" in early and "grows again within ~100 steps" in early
+  assert early.endswith("See docs/plateau.md for what to check and try.")
 
 
 def _feed_spread(detector, rows):

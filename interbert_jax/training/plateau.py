@@ -110,9 +110,13 @@ class PlateauDetector:
 
 def warning_message(step: int, scalars: dict, reason: str) -> str:
   """The one warning line: step, which diagnostic tripped, ITM loss, dead-pooler
-  fractions, logit spread, the doc."""
+  fractions, logit spread, for the early rule what a false alarm looks like, the doc."""
   return (f"ITM plateau at step {step} ({reason}): itm_loss {scalars['itm_loss']:.4f} "
           f"(ln 2 = {LN2:.4f}: the ITM head predicts chance); dead_text_pooler "
           f"{scalars['dead_text_pooler']:.3f}, dead_image_pooler "
           f"{scalars['dead_image_pooler']:.3f}, itm_logit_std "
-          f"{scalars['itm_logit_std']:.3g}. See {DOC} for what to check and try.")
+          f"{scalars['itm_logit_std']:.3g}."
+          + (" Stalled runs stay like this; if itm_logit_std grows again within ~100 "
+             "steps, the run is taking off (1 of 7 held-out runs that learned tripped this "
+             "first)." if reason.startswith("collapse") else "")
+          + f" See {DOC} for what to check and try.")
