@@ -35,7 +35,7 @@ class PlateauDetector:
                spread_floor: float = 0.01, dead_floor: float = 0.1):
     """window_steps: steps in the band before the band warning (0 = never warn at all);
     tolerance: |itm_loss - ln 2| <= tolerance * ln 2 is in the band; collapse_steps: steps
-    at chance before a collapse warns (0 = no early warning); dead_floor: the fraction of
+    of collapsing windows before the early warning (0 = none); dead_floor: the fraction of
     dead image-pooler units that counts as dying; start_step: the step training starts
     (or resumes) from."""
     self.window_steps = int(window_steps)
@@ -73,6 +73,13 @@ class PlateauDetector:
               f"(<= {self.spread_shrink:g} x its peak)")
     return ""
 
+  def _run_start(self, run_start, holds: bool, window_start: int):
+    """The step before a run of windows where a condition holds: kept while it holds,
+    started at this window (never before the warm-up's end), None once it does not."""
+    if not holds:
+      return None
+    return max(window_start, self.warmup_steps) if run_start is None else run_start
+
   def update(self, step: int, itm_loss: float, itm_logit_std: float | None = None,
              dead_image_pooler: float | None = None):
     """The log window ending at `step` had these means. -> None, or exactly once the
@@ -91,11 +98,9 @@ class PlateauDetector:
     post_warmup = step > self.warmup_steps
     at_chance = post_warmup and float(itm_loss) >= (1.0 - self.tolerance) * LN2
     collapsing = bool(at_chance and collapsed and dying)
-    self._collapse_start = (max(start, self.warmup_steps) if self._collapse_start is None
-                            else self._collapse_start) if collapsing else None
+    self._collapse_start = self._run_start(self._collapse_start, collapsing, start)
     in_band = post_warmup and self.in_band(itm_loss)
-    self._band_start = (max(start, self.warmup_steps) if self._band_start is None
-                        else self._band_start) if in_band else None
+    self._band_start = self._run_start(self._band_start, in_band, start)
     if (self.collapse_steps > 0 and collapsing
         and step - self._collapse_start >= self.collapse_steps):
       self.fired = True
