@@ -123,6 +123,12 @@ def test_butd_round_trip_and_second_split(files, tmp_path):
   assert report["images"] == 4 and report["captions"] == 4
   assert report["images_without_captions"] == 1 and report["skipped"] == {}
   assert_round_trip(tmp_path / "out", "train", images, dist=True)
+  # A box's confidence is its best non-background class (class 0 is background, as in
+  # BUTD's extractor): adaptive region selection ranks by it.
+  src = schema.open_images(str(tmp_path / "out"), "train")
+  for i, img in enumerate(images):
+    np.testing.assert_allclose(src[i]["object_conf"],
+                               img["cls_prob"][:, 1:].max(1), rtol=1e-5)
   meta = schema.read_metadata(str(tmp_path / "out"))
   assert (meta["feature_dim"], meta["num_classes"], meta["class_target"]) == (
       F, C, "distribution")

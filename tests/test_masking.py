@@ -164,3 +164,15 @@ def test_select_regions():
   assert sel(max_regions=10, min_regions=5, threshold=0.2) == [1, 4, 2, 5, 0]  # >= min.
   assert sel(max_regions=2, min_regions=1, threshold=0.2) == [1, 4]           # <= max.
   assert sel(max_regions=10, min_regions=10, threshold=0.2) == [1, 4, 2, 5, 0, 3]
+
+
+def test_detector_confidence_leaves_out_background():
+  """BUTD ranks boxes by their best non-background class: a box that is 90% background is
+  not a confident one, and adaptive selection keeps the objects before it."""
+  p = np.array([[0.9, 0.05, 0.05],      # background clutter
+                [0.2, 0.7, 0.1],        # an object
+                [0.5, 0.1, 0.4]], np.float32)
+  np.testing.assert_allclose(masking.detector_confidence(p), [0.05, 0.7, 0.4])
+  conf = masking.detector_confidence(p)
+  assert masking.select_regions(conf, max_regions=2, adaptive=True, min_regions=2,
+                                threshold=0.2).tolist() == [1, 2]

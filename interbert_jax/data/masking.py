@@ -154,6 +154,16 @@ def region_locations(boxes: np.ndarray, width: float, height: float) -> np.ndarr
   return loc
 
 
+def detector_confidence(cls_prob: np.ndarray) -> np.ndarray:
+  """[N, C] detector class distributions -> [N] float32 confidences: each region's largest
+  non-background probability. Class 0 is background: BUTD's extractor ranks and keeps
+  boxes by the best of classes 1.., so a box that is surely background is not confident."""
+  p = np.asarray(cls_prob)
+  if p.shape[-1] < 2:
+    return np.zeros(p.shape[:-1], np.float32)
+  return p[..., 1:].max(-1).astype(np.float32)
+
+
 def global_feature(features: np.ndarray) -> np.ndarray:
   """Mean over the N real regions [N, F] -> [F] float32 (zeros when N = 0).
 

@@ -289,7 +289,7 @@ class _Split:
     """Regions: [global, r_1..r_K, pad]; MRM on the K real regions (rng None: no masking,
     and only the model-input keys are written)."""
     rec = self.record(image_index)
-    keep = masking.select_regions(rec["object_conf"], max_regions=self.max_regions,
+    keep = masking.select_regions(self._confidence(rec), max_regions=self.max_regions,
                                   adaptive=self.adaptive, min_regions=self.min_regions,
                                   threshold=self.conf_threshold)
     nk = len(keep)
@@ -320,6 +320,15 @@ class _Split:
       out["mrm_target_probs"][row, np.arange(1, nk + 1), classes] = 1.0
     if self.regress:
       out["mrm_target_features"][row, 1:nk + 1] = feats
+
+  def _confidence(self, rec: dict) -> np.ndarray:
+    """Each region's detector confidence [N] for adaptive selection: with a class
+    distribution, recomputed from it (masking.detector_confidence: background excluded;
+    datasets prepared before 2026-12-08 stored the max over all classes), else the stored
+    object confidence."""
+    if self.adaptive and self.has_distribution:
+      return masking.detector_confidence(rec["cls_prob"])
+    return rec["object_conf"]
 
   def batch_spec(self, b: int) -> dict:
     """key -> (shape, dtype) of a host batch of b examples (the batch contract)."""

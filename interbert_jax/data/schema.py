@@ -19,7 +19,8 @@ A prepared dataset is a directory DIR:
 One image record (numpy, as returned by `open_images`):
   image_id str; width, height, num_boxes int32 (N); boxes float32 [N,4] pixel x1,y1,x2,y2;
   features float16 [N,F]; cls_prob float16 [N,C] (only when class_target ==
-  "distribution"); object_ids int32 [N]; object_conf float32 [N].
+  "distribution"); object_ids int32 [N]; object_conf float32 [N] (from a distribution: the
+  largest non-background probability, masking.detector_confidence; class 0 = background).
 
 Images are written with our own streaming ArrayRecord writer plus TFDS metadata rather
 than a TFDS builder: the builder's shuffler buffers up to 1 GB and reorders records, while
@@ -35,6 +36,7 @@ from typing import Callable, Dict, Iterable, Mapping, NamedTuple, Optional, Sequ
 import numpy as np
 
 from interbert_jax import errors
+from interbert_jax.data import masking
 
 SCHEMA_VERSION = 1
 CLASS_TARGETS = ("distribution", "object_ids")
@@ -192,7 +194,7 @@ def to_example(record: Mapping, feature_dim: int, num_classes: int,
     example["object_conf"] = np.asarray(record["object_conf"], np.float32).reshape(n)
   elif has_distribution:
     example["object_ids"] = cls_prob.argmax(-1).astype(np.int32)
-    example["object_conf"] = cls_prob.max(-1).astype(np.float32)
+    example["object_conf"] = masking.detector_confidence(cls_prob)
   else:
     raise ValueError("record has neither cls_prob nor object_ids")
   return example

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from interbert_jax.errors import BadValueError
+from interbert_jax.data import masking
 from interbert_jax.data import tokenizer as tokenizer_lib
 from interbert_jax.data.tokenizer import SPECIAL_TOKENS
 
@@ -371,7 +372,7 @@ def make_image(rng, index, prototypes, *, num_classes, max_regions, fill_regions
       boxes=boxes.astype(np.float32), features=feats[order].astype(np.float16),
       cls_prob=cls_prob.astype(np.float16),
       object_ids=cls_prob.argmax(-1).astype(np.int32),
-      object_conf=cls_prob.max(-1).astype(np.float32))
+      object_conf=masking.detector_confidence(cls_prob))
   # Left to right by the object's (unjittered) box centre.
   caption_order = np.argsort(centres, kind="stable") if spatial_order else None
   encode, length = encoder
