@@ -172,7 +172,7 @@ def test_detector_confidence_leaves_out_background():
   p = np.array([[0.9, 0.05, 0.05],      # background clutter
                 [0.2, 0.7, 0.1],        # an object
                 [0.5, 0.1, 0.4]], np.float32)
-  np.testing.assert_allclose(masking.detector_confidence(p), [0.05, 0.7, 0.4])
   conf = masking.detector_confidence(p)
+  np.testing.assert_allclose(conf, [0.05, 0.7, 0.4])
   assert masking.select_regions(conf, max_regions=2, adaptive=True, min_regions=2,
                                 threshold=0.2).tolist() == [1, 2]
