@@ -1,12 +1,15 @@
 """Input-pipeline throughput at the base shapes, printed as one JSON line.
 
 Generates a synthetic dataset with the released model's shapes (36 regions x 2048 float16
-features, 1601-way cls_prob, text length 36) in a temporary directory (or --data_dir,
-reused), runs `train_iterator` for --warmup batches, then measures --batches batches.
+features, 1601-way cls_prob, text length 36, MSM and MRM masking on) in a temporary
+directory (or --data_dir, reused), runs `train_iterator` for the warm-up batches (by
+default enough to fill every worker's ring of shared-memory slots once: their first use
+pays for fresh pages), then times --batches batches. Prints one JSON line with the CPU
+model and the load average.
 
-  python benchmarks/input_pipeline.py --images 2000 --batch 256 --batches 20
-  python benchmarks/input_pipeline.py --threads 1      # one loader thread
-  python benchmarks/input_pipeline.py --workers 2      # two loader processes
+  python benchmarks/input_pipeline.py --workers=1     # one Grain worker process
+  python benchmarks/input_pipeline.py --workers=2     # two
+  python benchmarks/input_pipeline.py --threads=2     # no workers: 2 Grain read threads
 """
 import argparse
 import json
@@ -21,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from configs import pretrain  # pylint: disable=g-import-not-at-top
+from interbert_jax.data import grain_loader  # pylint: disable=g-import-not-at-top
 from interbert_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 from interbert_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
@@ -31,12 +35,15 @@ def parse_args(argv=None):
   p.add_argument("--images", type=int, default=2000,
                  help="training images of the synthetic dataset (2 captions each)")
   p.add_argument("--batch", type=int, default=256, help="host batch size (examples)")
-  p.add_argument("--warmup", type=int, default=3, help="batches before timing starts")
-  p.add_argument("--batches", type=int, default=20, help="timed batches")
+  p.add_argument("--warmup", type=int, default=-1,
+                 help="batches before timing starts (default: each worker's slot ring "
+                      "once, plus 2)")
+  p.add_argument("--batches", type=int, default=40, help="timed batches")
   p.add_argument("--threads", type=int, default=0,
                  help="loader threads (config.data.num_threads); 0 = CPU count")
   p.add_argument("--workers", type=int, default=0,
-                 help="loader worker processes (config.data.num_workers); 0 = threads")
+                 help="Grain worker processes (config.data.num_workers); 0 = read threads "
+                      "in this process")
   p.add_argument("--prefetch", type=int, default=2, help="config.data.prefetch")
   p.add_argument("--adaptive", action="store_true", help="config.data.adaptive_regions")
   p.add_argument("--data_dir", default="",
@@ -70,6 +77,18 @@ def cpu_seconds():
   return total
 
 
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  import platform  # pylint: disable=g-import-not-at-top
+  return platform.processor() or platform.machine()
+
+
 def base_config(args, data_dir):
   c = pretrain.get_config("base")
   c.batch_size = args.batch
@@ -99,7 +118,11 @@ def main(argv=None):
     synthetic.ensure_synthetic(config)
     gen_s = time.perf_counter() - t0
     it = pipeline.train_iterator(config)
-    for _ in range(args.warmup):
+    warmup = args.warmup
+    if warmup < 0:
+      warmup = grain_loader.ring_slots(args.prefetch) * max(args.workers, 1) + 2
+    load_before = os.getloadavg()[0]
+    for _ in range(warmup):
       next(it)
     t0, c0 = time.perf_counter(), cpu_seconds()
     nbytes = 0
@@ -113,9 +136,11 @@ def main(argv=None):
     print(json.dumps(dict(
         examples_per_s=round(eps, 1), examples_per_s_per_core=round(eps / cores, 1),
         examples_per_cpu_s=round(args.batches * args.batch / cpu, 1),
-        cpu_utilisation=round(cpu / elapsed, 2), load_average=round(os.getloadavg()[0], 2),
-        cores=cores, batch=args.batch, batches=args.batches,
-        threads=args.threads or os.cpu_count(), workers=args.workers, batch_mb=round(nbytes / args.batches / 2**20, 1),
+        cpu_utilisation=round(cpu / elapsed, 2), cpu_model=cpu_model(),
+        load_average_before=round(load_before, 2),
+        load_average=round(os.getloadavg()[0], 2), cores=cores, batch=args.batch, batches=args.batches, warmup_batches=warmup,
+        threads=0 if args.workers else (args.threads or os.cpu_count()),
+        workers=args.workers, batch_mb=round(nbytes / args.batches / 2**20, 1),
         output_mb_per_s=round(nbytes / elapsed / 2**20, 1), images=args.images,
         regions=config.data.max_regions, feature_dim=config.model.feature_dim,
         num_classes=config.model.num_region_classes, text_len=config.data.text_len,

@@ -138,9 +138,9 @@ def data_config(variant="base"):
   # Global image token = mean of the region features AFTER MRM zeroing (reference);
   # False: mean of the unmasked features.
   d.global_from_masked = True
-  d.prefetch = 2                       # host batches prepared ahead of the trainer.
-  d.num_threads = 0                    # loader threads; 0 = the host's CPU count.
-  d.num_workers = 0                    # >0: loader worker processes instead of threads.
+  d.prefetch = 2                       # batches built ahead (per worker; docs/data_pipeline.md).
+  d.num_threads = 0                    # Grain read threads; 0 = the host's CPU count.
+  d.num_workers = 0                    # >0: Grain worker processes instead of threads.
   d.seed = 0
   d.synthetic = ml_collections.ConfigDict(dict(
       num_train_images=20_000, num_validation_images=500, num_test_images=500,

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TFDS loads TensorFlow where installed
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # quiet TensorFlow, should a library load it
 
 from interbert_jax import errors  # pylint: disable=g-import-not-at-top
 

@@ -21,14 +21,14 @@ touching the last good checkpoint. A bad config, or a workdir holding another ru
 exits 2 before anything is built. Faults (README "Resuming and faults"): an unreadable
 checkpoint is skipped for the newest one that reads; a failed save, an unreadable data
 record or a dead loader worker stops the run with one line naming it (exit 1).
-Library logs (orbax, TFDS) are hidden unless -v 1.
+Library logs (orbax, Grain) are hidden unless -v 1.
 """
 import math
 import os
 import time
 
-# TensorFlow is no dependency, but TFDS loads it where it happens to be installed: then
-# without its C++ INFO lines and oneDNN start-up (nothing here runs TF math).
+# TensorFlow is no dependency; should a library load it where it happens to be installed,
+# then without its C++ INFO lines and oneDNN start-up (nothing here runs TF math).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 

@@ -364,3 +364,15 @@ def test_incompatible_second_split_is_refused_before_writing(files, tmp_path):
     run_prepare(files, "butd_tsv", tsv, tmp_path / "out", split="test", lower_case=False)
   assert not (tmp_path / "out" / "test").exists()
   assert sorted(schema.read_metadata(str(tmp_path / "out"))["splits"]) == ["train"]
+
+
+def test_a_dataset_of_the_old_schema_names_the_command_that_prepares_it_again(tmp_path):
+  """Schema 1 (TFDS Example records, until 2026-12-08): one line with the command."""
+  meta = {"schema_version": 1, "source_format": "butd_tsv", "splits": {}}
+  schema.write_metadata(tmp_path, meta)
+  with pytest.raises(schema.DatasetError) as e:
+    schema.read_metadata(str(tmp_path))
+  message = str(e.value)
+  assert "\n" not in message and "storage schema 1" in message
+  assert (f"python -m interbert_jax.data.prepare --format=butd_tsv --output_dir={tmp_path} "
+          "--overwrite") in message

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from interbert_jax.data import loader_pool
+from interbert_jax.data import grain_loader
 from interbert_jax.data import pipeline
 from interbert_jax.data import schema
 
@@ -245,6 +245,21 @@ def test_object_id_datasets_get_one_hot_targets(config, tmp_path):
   np.testing.assert_array_equal(probs.argmax(-1), b["mrm_target_classes"][:, 1:][valid])
 
 
+def test_worker_slots_are_unlinked_when_the_iterator_closes(config):
+  """Each worker's ring of shared-memory slots (grain_loader) is gone once the trainer's
+  iterator is closed: nothing is left in /dev/shm."""
+  c = config.copy_and_resolve_references()
+  c.data.num_workers = 1
+  before = {p.pid for p in multiprocessing.active_children()}
+  it = pipeline.train_iterator(c)
+  next(it)
+  (worker,) = [p for p in multiprocessing.active_children() if p.pid not in before]
+  ring = lambda: [f for f in os.listdir("/dev/shm") if f.startswith(f"interbert_{worker.pid}_")]
+  assert len(ring()) == grain_loader.ring_slots(c.data.prefetch)
+  it.close()
+  assert ring() == []
+
+
 def test_dead_worker_process_stops_the_iterator_within_seconds(config):
   """A loader worker killed with SIGKILL (as the OOM killer does): the next batch raises."""
   c = config.copy_and_resolve_references()
@@ -256,8 +271,9 @@ def test_dead_worker_process_stops_the_iterator_within_seconds(config):
   assert len(workers) == 1
   os.kill(workers[0].pid, signal.SIGKILL)
   start = time.time()
-  with pytest.raises(loader_pool.WorkerDiedError,
-                     match=rf"worker process died( \(pid {workers[0].pid} killed by SIGKILL\))?: stopping"):
+  with pytest.raises(grain_loader.WorkerDiedError,
+                     match=rf"worker process died \(pid {workers[0].pid}, killed by SIGKILL\): "
+                           "stopping"):
     for _ in range(100):
       next(it)
   assert time.time() - start < 10

@@ -58,6 +58,20 @@ def test_generated_once_and_reused(data):
     synthetic.ensure_synthetic(_config(data, seed=5))   # Same dir, other parameters.
 
 
+def test_data_of_an_older_storage_schema_is_written_again(tmp_path):
+  """A cache written by an older storage schema (same parameters) is regenerated in
+  place, with the same content."""
+  d = synthetic.ensure_synthetic(_config(tmp_path / "old"))
+  digest = _digest(d)
+  meta = schema.read_metadata(d)
+  meta["schema_version"] = 1
+  schema.write_metadata(d, meta)
+  assert synthetic.ensure_synthetic(_config(tmp_path / "old")) == d
+  assert schema.read_metadata(d)["schema_version"] == schema.SCHEMA_VERSION
+  assert _digest(d) == digest
+  assert not [f for f in os.listdir(tmp_path) if "stale" in f]
+
+
 def test_default_dir_is_keyed_by_parameters():
   a = pretrain.get_config("tiny")
   b = pretrain.get_config("tiny")

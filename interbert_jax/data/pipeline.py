@@ -11,14 +11,13 @@ Global batch k holds positions [k B, (k+1) B); host h of H reads the contiguous 
   - `train_iterator(config, start_step=k)` yields exactly the batches a straight run yields
     from step k on: the pipeline position a trainer checkpoints is just the step;
   - concatenating the H hosts' batches of step k (in host order) gives the 1-host batch k.
-Loader threads or worker processes (loader_pool.py) build whole batches; as every batch is a
-pure function of its index, the result does not depend on scheduling.
+Grain (grain_loader.py) builds whole batches ahead, on read threads or worker processes; as
+every batch is a pure function of its index, the result does not depend on scheduling.
 Batches are dicts of numpy arrays with the keys/dtypes/shapes of docs/design.md.
 """
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import os
 import types
@@ -29,9 +28,8 @@ import numpy as np
 from interbert_jax import errors
 from interbert_jax.data import itm_negatives
 from interbert_jax.data import neighbours
-from interbert_jax.data import loader_pool
+from interbert_jax.data import grain_loader
 from interbert_jax.data import masking
-from interbert_jax.data import record_decode
 from interbert_jax.data import schema
 from interbert_jax.data import tokenizer as tokenizer_lib
 
@@ -158,15 +156,8 @@ class _Split:
     self.meta = meta
     self.name = split
     self.images = schema.open_images(self.dir, split)
-    self._records = self.images.raw.data_source   # Serialized records, random access.
-    self._fast = False
     if len(self.images) > 0:
-      reference = self.record(0)                  # TFDS's decoder (DataReadError if bad).
-      try:
-        record_decode.check(reference, record_decode.decode(self._records[0]))
-        self._fast = True
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("%s: fast record decoding unavailable (%s); using TFDS's", self.dir, e)
+      self.record(0)                              # DataReadError now, not at step k.
     self.captions = schema.load_captions(self.dir, split)
     self.num_captions = len(self.captions)
     if self.num_captions == 0:
@@ -223,18 +214,24 @@ class _Split:
     return int(others[rng.integers(len(others))])
 
   def record(self, image_index: int) -> dict:
-    """The image record; DataReadError naming the shard file when it cannot be read."""
+    """The image record; DataReadError naming the shard file when it cannot be read.
+    (ArrayRecord returns no bytes for a shard it cannot open: records.decode says so.)"""
     try:
-      if self._fast:
-        raw = self._records[image_index]
-        if not raw:   # ArrayRecord returns nothing for a shard it cannot open (truncated).
-          raise ValueError("no data: the shard file is truncated or unreadable")
-        return record_decode.decode(raw)
       return self.images[image_index]
     except Exception as e:  # pylint: disable=broad-except
-      raise DataReadError(schema.record_problem(self.dir, self.name, image_index, e) +
-                          f"; check the dataset: python -m interbert_jax.data.validate "
-                          f"{self.dir} --sample=0") from None
+      raise self._read_error(image_index, e) from None
+
+  def records(self, image_indices) -> list:
+    """[record of i for i in image_indices], read in parallel; DataReadError as record()."""
+    try:
+      return self.images.read(image_indices)
+    except Exception:  # pylint: disable=broad-except
+      return [self.record(i) for i in image_indices]   # Names the first bad one.
+
+  def _read_error(self, image_index: int, why) -> DataReadError:
+    return DataReadError(schema.record_problem(self.dir, self.name, image_index, why) +
+                         f"; check the dataset: python -m interbert_jax.data.validate "
+                         f"{self.dir} --sample=0")
 
   def pair(self, rng, caption_index: int) -> tuple[int, int, int]:
     """(image index, caption index, ITM label) of the example of `caption_index`.
@@ -252,12 +249,15 @@ class _Split:
       negative = self._negative(rng, image_index)
     return image_index, negative, 1
 
-  def fill(self, out: dict, row: int, caption_index: int, rng) -> None:
-    """Writes example (caption_index, rng) into row `row` of the batch arrays `out`."""
-    image_index, caption_index, label = self.pair(rng, caption_index)
-    out["itm_labels"][row] = label
-    self.fill_text(out, row, caption_index, rng)
-    self.fill_regions(out, row, image_index, rng)
+  def fill(self, out: dict, caption_indices, rngs) -> None:
+    """Writes example (caption_indices[r], rngs[r]) into row r of the batch arrays `out`;
+    the rows' images are read together (in parallel)."""
+    pairs = [self.pair(rng, c) for c, rng in zip(caption_indices, rngs)]
+    recs = self.records([image for image, _, _ in pairs])
+    for row, ((image, caption, label), rng, rec) in enumerate(zip(pairs, rngs, recs)):
+      out["itm_labels"][row] = label
+      self.fill_text(out, row, caption, rng)
+      self.fill_regions(out, row, image, rng, rec=rec)
 
   def fill_text(self, out: dict, row: int, caption_index: int, rng=None) -> None:
     """Text: [CLS] w_1..w_n [SEP] pad; MSM on the n caption tokens (rng None: no masking)."""
@@ -285,10 +285,11 @@ class _Split:
     out["msm_targets"][row, :k] = tokens[pos]
     out["msm_weights"][row, :k] = 1.0
 
-  def fill_regions(self, out: dict, row: int, image_index: int, rng=None) -> None:
+  def fill_regions(self, out: dict, row: int, image_index: int, rng=None,
+                   rec: Optional[dict] = None) -> None:
     """Regions: [global, r_1..r_K, pad]; MRM on the K real regions (rng None: no masking,
-    and only the model-input keys are written)."""
-    rec = self.record(image_index)
+    and only the model-input keys are written). rec: image_index's record, if read."""
+    rec = self.record(image_index) if rec is None else rec
     keep = masking.select_regions(self._confidence(rec), max_regions=self.max_regions,
                                   adaptive=self.adaptive, min_regions=self.min_regions,
                                   threshold=self.conf_threshold)
@@ -366,11 +367,12 @@ def _train_batch(split: _Split, step: int, host_batch: int, process_index: int,
   m = split.num_captions
   out = split.empty_batch(host_batch) if out is None else out
   first = step * split.config.batch_size + process_index * host_batch
-  for row in range(host_batch):
-    g = first + row
+  captions, rngs = [], []
+  for g in range(first, first + host_batch):
     epoch, j = divmod(g, m)
-    caption = int(epoch_permutation(int(d.seed), epoch, m)[j])
-    split.fill(out, row, caption, example_rng(int(d.seed), _TRAIN_STREAM, epoch, g))
+    captions.append(int(epoch_permutation(int(d.seed), epoch, m)[j]))
+    rngs.append(example_rng(int(d.seed), _TRAIN_STREAM, epoch, g))
+  split.fill(out, captions, rngs)
   return out
 
 
@@ -379,10 +381,9 @@ def _eval_batch(split: _Split, index: int, host_batch: int, global_batch: int,
   d = split.config.data
   out = split.empty_batch(host_batch) if out is None else out
   first = index * global_batch + process_index * host_batch
-  for row in range(host_batch):
-    g = first + row
-    caption = g % split.num_captions          # In order; wraps for splits < one batch.
-    split.fill(out, row, caption, example_rng(int(d.seed), _EVAL_STREAM, 0, g))
+  positions = range(first, first + host_batch)
+  split.fill(out, [g % split.num_captions for g in positions],   # In order; wraps around.
+             [example_rng(int(d.seed), _EVAL_STREAM, 0, g) for g in positions])
   return out
 
 
@@ -410,7 +411,7 @@ class _BatchMaker:
                        self.process_index, out)
 
 
-def _pool_options(config) -> dict:
+def _loader_options(config) -> dict:
   d = config.data
   return dict(workers=int(d.num_workers),
               threads=int(d.num_threads) or (os.cpu_count() or 1),
@@ -422,17 +423,16 @@ def _pool_options(config) -> dict:
 def maker_iterator(maker_cls, config, kind: str, *, start_step: int = 0, num_batches=None,
                    process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Prefetched batches of a fine-tuning batch maker `maker_cls(config, kind, split,
-  process_index, process_count)` (a loader_pool maker with `num_eval_batches()`):
+  process_index, process_count)` (a grain_loader maker with `num_eval_batches()`):
   training from `start_step` on (infinite), or eval batches 0..num_batches-1 (default
   the maker's `num_eval_batches()`)."""
   split = config.data.train_split if kind == "train" else config.data.eval_split
   args = (config, kind, split, process_index, process_count)
   maker = maker_cls(*args)
-  if kind == "train":
-    indices = itertools.count(start_step)
-  else:
-    indices = range(num_batches or maker.num_eval_batches())
-  return loader_pool.prefetched(maker, (maker_cls, args), indices, **_pool_options(config))
+  start, stop = (start_step, None) if kind == "train" else (
+      0, num_batches or maker.num_eval_batches())
+  return grain_loader.batches(maker, (maker_cls, args), start, stop,
+                              **_loader_options(config))
 
 
 def steps_per_epoch(config, directory: str = "") -> float:
@@ -448,8 +448,8 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
   the batch k of a run started at 0 (exact resume: checkpoint the step).
   """
   args = (config, "train", config.data.train_split, process_index, process_count)
-  return loader_pool.prefetched(_BatchMaker(*args), (_BatchMaker, args),
-                                itertools.count(start_step), **_pool_options(config))
+  return grain_loader.batches(_BatchMaker(*args), (_BatchMaker, args),
+                              start_step, None, **_loader_options(config))
 
 
 def eval_iterator(config, *, split: Optional[str] = None, num_batches: Optional[int] = None,
@@ -463,5 +463,5 @@ def eval_iterator(config, *, split: Optional[str] = None, num_batches: Optional[
   maker = _BatchMaker(*args)
   if num_batches is None:
     num_batches = max(1, maker.split.num_captions // config.batch_size)
-  return loader_pool.prefetched(maker, (_BatchMaker, args), range(num_batches),
-                                **_pool_options(config))
+  return grain_loader.batches(maker, (_BatchMaker, args), 0, num_batches,
+                              **_loader_options(config))

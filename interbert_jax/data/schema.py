@@ -6,9 +6,11 @@ A prepared dataset is a directory DIR:
                              ("distribution" | "object_ids"), vocab_size, lower_case,
                              source_format, splits: {name: {images, captions, skipped}}.
   DIR/vocab.txt              the WordPiece vocabulary the captions were tokenised with.
-  DIR/<split>/               a TFDS dataset directory (ArrayRecord shards, TFDS split
-                             "train") holding the split's images IN INPUT ORDER, so record
-                             i is image_index i (random access, see `open_images`).
+  DIR/<split>/               ArrayRecord shards images-NNNNN-of-NNNNN.array_record holding
+                             the split's images IN INPUT ORDER, so record i is image_index
+                             i (random access, see `open_images`); each record is
+                             records.py's format (a msgpack header + raw array bytes);
+                             metadata.json lists the shards and their record counts.
   DIR/<split>/feature_stats.npz  per-channel mean / std [F] of every region's features,
                              raw and over each region's RMS (FeatureStatsAccumulator);
                              what model.feature_norm standardises with.
@@ -22,10 +24,11 @@ One image record (numpy, as returned by `open_images`):
   "distribution"); object_ids int32 [N]; object_conf float32 [N] (from a distribution: the
   largest non-background probability, masking.detector_confidence; class 0 = background).
 
-Images are written with our own streaming ArrayRecord writer plus TFDS metadata rather
-than a TFDS builder: the builder's shuffler buffers up to 1 GB and reorders records, while
-here memory stays at one record and order is the input's.
+Images are written with a streaming ArrayRecord writer: memory stays at one record and
+order is the input's. Schema version 1 (until 2026-12-08) stored TFDS Example protos
+with TFDS metadata; read_metadata names the command that re-prepares such a dataset.
 """
+import bisect
 import json
 import logging
 import os
@@ -37,18 +40,19 @@ import numpy as np
 
 from interbert_jax import errors
 from interbert_jax.data import masking
+from interbert_jax.data import records
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CLASS_TARGETS = ("distribution", "object_ids")
 METADATA_FILE = "metadata.json"
 VOCAB_FILE = "vocab.txt"
-TFDS_SPLIT = "train"            # Every <split>/ directory holds one TFDS split of this name.
-TFDS_NAME = "interbert_images"
 DEFAULT_SHARD_BYTES = 256 << 20
 # The caption length (tokens, [CLS] and [SEP] included) prepare and validate count against
 # when the user gives none: the base config's data.text_len.
 DEFAULT_TEXT_LEN = 36
-COMPRESSIONS = ("zstd", "uncompressed", "snappy")
+# ArrayRecord chunk compression. "uncompressed" by default: the input pipeline is CPU-bound
+# (docs/data_pipeline.md) and zstd costs a decompression per random read.
+COMPRESSIONS = ("uncompressed", "zstd", "snappy")
 # Features stored as float16 (contract); larger magnitudes would become inf.
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -86,6 +90,12 @@ def read_metadata(data_dir) -> dict:
       meta = json.load(f)
   except json.JSONDecodeError as e:
     raise DatasetError(f"{path}: not valid JSON ({e})") from None
+  if meta.get("schema_version") == 1:
+    raise DatasetError(
+        f"{data_dir} was prepared with storage schema 1 (TFDS Example records), which this "
+        f"version no longer reads: prepare it again from its source, e.g. python -m "
+        f"interbert_jax.data.prepare --format={meta.get('source_format', '...')} "
+        f"--output_dir={data_dir} --overwrite ... (one run per split)")
   if meta.get("schema_version") != SCHEMA_VERSION:
     raise DatasetError(f"{path}: schema_version {meta.get('schema_version')!r}, "
                        f"this code reads {SCHEMA_VERSION}")
@@ -139,27 +149,6 @@ def write_vocab(out_dir, vocab_tokens: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------------------- features
-
-
-def features_spec(feature_dim: int, num_classes: int, has_distribution: bool):
-  """The tfds FeaturesDict of one image record (arrays stored as raw bytes)."""
-  import tensorflow_datasets as tfds  # Heavy; only the writer/reader need it.
-  raw = tfds.features.Encoding.BYTES  # No proto float lists: compact and fast to decode.
-  spec = {
-      "image_id": tfds.features.Text(),
-      "width": tfds.features.Scalar(np.int32),
-      "height": tfds.features.Scalar(np.int32),
-      "num_boxes": tfds.features.Scalar(np.int32),
-      "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32, encoding=raw),
-      "features": tfds.features.Tensor(shape=(None, feature_dim), dtype=np.float16,
-                                       encoding=raw),
-      "object_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding=raw),
-      "object_conf": tfds.features.Tensor(shape=(None,), dtype=np.float32, encoding=raw),
-  }
-  if has_distribution:
-    spec["cls_prob"] = tfds.features.Tensor(shape=(None, num_classes), dtype=np.float16,
-                                            encoding=raw)
-  return tfds.features.FeaturesDict(spec)
 
 
 def to_example(record: Mapping, feature_dim: int, num_classes: int,
@@ -263,7 +252,7 @@ def check_new_split(data_dir, split, overwrite: bool) -> None:
 
 
 def _shard_name(index, total):
-  return f"{TFDS_NAME}-{TFDS_SPLIT}.array_record-{index:05d}-of-{total:05d}"
+  return f"images-{index:05d}-of-{total:05d}.array_record"
 
 
 def write_split(out_dir, split: str, images: Iterable[Mapping],
@@ -273,7 +262,7 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
                 skipped: Optional[Dict[str, int]] = None,
                 extra_split_info: Optional[dict] = None,
                 shard_bytes: int = DEFAULT_SHARD_BYTES,
-                compression: str = "zstd",
+                compression: str = "uncompressed",
                 log_every: int = 1000,
                 overwrite: bool = False,
                 on_image: Optional[Callable[[int, Mapping], None]] = None) -> dict:
@@ -287,8 +276,8 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
       as each image is written; images without an entry get no caption.
     skipped: {reason: count} recorded in metadata (the caller's bad-record counts).
     extra_split_info: more per-split fields for metadata.json.
-    compression: ArrayRecord chunk compression: "zstd" (smaller, the TFDS default),
-      "uncompressed" (about 2x faster random reads on CPU-bound hosts), "snappy".
+    compression: ArrayRecord chunk compression: "uncompressed" (the default: the input
+      pipeline is CPU-bound), "zstd" (smaller files, a decompression per read), "snappy".
     on_image: called as on_image(image_index, record) after each record is written.
     overwrite: replace the split if DIR already holds it (else DatasetError before any
       work). `split` must be a plain name (errors.check_name): nothing outside DIR is
@@ -307,8 +296,6 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
   check_compatible(out_dir, split, feature_dim=int(feature_dim), num_classes=int(num_classes),
                    class_target=class_target, vocab_size=int(vocab_size),
                    lower_case=bool(lower_case))
-  has_distribution = class_target == "distribution"
-  spec = features_spec(feature_dim, num_classes, has_distribution)
   os.makedirs(out_dir, exist_ok=True)
   final_dir = split_dir(out_dir, split)
   tmp_dir = os.path.join(out_dir, f".{split}.tmp")
@@ -316,7 +303,7 @@ def write_split(out_dir, split: str, images: Iterable[Mapping],
   os.makedirs(tmp_dir)
 
   try:
-    return _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir,
+    return _write_split(out_dir, split, images, captions, tmp_dir, final_dir,
                         feature_dim=feature_dim, num_classes=num_classes,
                         class_target=class_target, vocab_size=vocab_size,
                         lower_case=lower_case, source_format=source_format,
@@ -403,11 +390,10 @@ def _writer_io(fn, *args, path):
     raise DatasetError(f"cannot write {path}: {errors.one_line(e)}") from None
 
 
-def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
+def _write_split(out_dir, split, images, captions, tmp_dir, final_dir, *,
                  feature_dim, num_classes, class_target, vocab_size, lower_case,
                  source_format, skipped, extra_split_info, shard_bytes, compression,
                  log_every, on_image):
-  import tensorflow_datasets as tfds
   from array_record.python import array_record_module
 
   has_distribution = class_target == "distribution"
@@ -420,7 +406,7 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
   n = 0
   for record in images:
     example = to_example(record, feature_dim, num_classes, has_distribution)
-    data = spec.serialize_example(example)
+    data = records.encode(example)
     stats.add(example["features"])
     if writer is None:
       # group_size:1 makes every record individually addressable (random access).
@@ -460,15 +446,12 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
     raise DatasetError(f"split {split!r}: no images to write")
 
   total = len(shard_lengths)
+  shards = []
   for i in range(total):
     os.rename(os.path.join(tmp_dir, f"shard{i:05d}"),
               os.path.join(tmp_dir, _shard_name(i, total)))
+    shards.append([_shard_name(i, total), int(shard_lengths[i])])
   stats.write(tmp_dir)
-  split_info = tfds.core.SplitInfo(name=TFDS_SPLIT, shard_lengths=shard_lengths,
-                                   num_bytes=int(sum(shard_sizes)))
-  tfds.folder_dataset.write_metadata(
-      data_dir=tmp_dir, features=spec, split_infos=[split_info], check_data=False,
-      disable_shuffling=True, description="InterBERT region features, one split.")
 
   offsets = np.zeros(len(cap_lengths) + 1, np.int64)
   np.cumsum(cap_lengths, out=offsets[1:])
@@ -482,7 +465,8 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
   os.replace(cap_tmp, captions_path(out_dir, split))
   info = {"images": n, "captions": len(cap_lengths),
           "images_without_captions": without_captions, "skipped": dict(skipped or {}),
-          "num_shards": total, "feature_stats": {"file": FEATURE_STATS_FILE,
+          "num_shards": total, "shards": shards, "record_format": records.FORMAT,
+          "compression": compression, "bytes": int(sum(shard_sizes)), "feature_stats": {"file": FEATURE_STATS_FILE,
                                                   "regions": stats.count}}
   info.update(extra_split_info or {})
   merge_split_metadata(out_dir, split, info, feature_dim=int(feature_dim),
@@ -500,34 +484,61 @@ def _write_split(out_dir, split, images, captions, spec, tmp_dir, final_dir, *,
 class ImageSource(Sequence):
   """Random-access view of a split's images: `source[i]` is image_index i's record.
 
-  Wraps the TFDS ArrayRecord data source; decodes to numpy with the stored dtypes
-  (image_id as str, scalars as np.int32). `raw` is the underlying TFDS data source
-  (grain-compatible) for pipelines that decode themselves.
+  A Grain random-access data source (len, getitem) over the split's ArrayRecord shards,
+  in order. `source[i]` decodes with records.decode (read-only numpy views; image_id str,
+  scalars np.int32), `raw(i)` is the stored bytes, `read(indices)` a list of records.
+  Each shard's reader opens on first use in each process (the source pickles to Grain's
+  workers without them). Readers are made for random access (no read-ahead) with a 64 KB
+  file buffer: Grain's own ArrayRecordDataSource uses 32 KB, and read 256 base-shape
+  records in 37 ms against 25 ms here (2-core AMD EPYC, docs/data_pipeline.md).
   """
 
-  def __init__(self, raw):
-    self.raw = raw
+  READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
+  FILE_BUFFER_BYTES = 64 << 10
+
+  def __init__(self, shards):
+    self.shards = [(os.fspath(p), int(n)) for p, n in shards]
+    missing = [p for p, _ in self.shards if not os.path.exists(p)]
+    if missing:
+      raise DatasetError(f"{missing[0]}: missing ({len(missing)} of the split's "
+                         f"{len(self.shards)} shard files are)")
+    self._ends = np.cumsum([n for _, n in self.shards]).tolist()
+    self._readers = [None] * len(self.shards)
+
+  def __getstate__(self):
+    return {"shards": self.shards, "_ends": self._ends, "_readers": [None] * len(self.shards)}
 
   def __len__(self):
-    return len(self.raw)
+    return self._ends[-1] if self._ends else 0
 
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return [self[i] for i in range(*index.indices(len(self)))]
+  def raw(self, index: int) -> bytes:
+    index = int(index)
     if index < 0:
       index += len(self)
     if not 0 <= index < len(self):
       raise IndexError(f"image index {index} out of range [0, {len(self)})")
-    return _decode(self.raw[index])
+    shard = bisect.bisect_right(self._ends, index)
+    reader = self._readers[shard]
+    if reader is None:
+      from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+      path = self.shards[shard][0]
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: missing")
+      reader = array_record_module.ArrayRecordReader(
+          path, self.READER_OPTIONS, file_reader_buffer_size=self.FILE_BUFFER_BYTES)
+      self._readers[shard] = reader
+    local = index - (self._ends[shard - 1] if shard else 0)
+    return reader.read([local])[0]
 
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    return records.decode(self.raw(index))
 
-def _decode(example):
-  out = dict(example)
-  image_id = out["image_id"]
-  out["image_id"] = image_id.decode("utf-8") if isinstance(image_id, bytes) else image_id
-  for key in ("width", "height", "num_boxes"):
-    out[key] = np.int32(out[key])
-  return out
+  def read(self, indices) -> list:
+    """[record of image_index i for i in indices], read one after another (Grain's
+    parallel `__getitems__` was slower here: input parallelism comes from its workers)."""
+    return [self[i] for i in indices]
 
 
 def check_split_name(split: str) -> str:
@@ -544,28 +555,25 @@ def split_dir(data_dir, split):
   return os.path.join(data_dir, check_split_name(split))
 
 
-def images_builder(data_dir, split):
-  """The TFDS read-only builder of DIR/<split> (for `as_dataset` tf.data pipelines)."""
-  import tensorflow_datasets as tfds
-  path = split_dir(data_dir, split)
-  if not os.path.exists(os.path.join(path, "dataset_info.json")):
-    raise DatasetError(f"{path}: no TFDS dataset here (split {split!r} not prepared)")
-  return tfds.builder_from_directory(path)
-
-
 def open_images(data_dir, split) -> ImageSource:
   """Random-access sequence of the split's image records; len = number of images."""
-  return ImageSource(images_builder(data_dir, split).as_data_source(TFDS_SPLIT))
+  return ImageSource(shard_files(data_dir, split))
 
 
 def shard_files(data_dir, split) -> list:
-  """[(path, number of records)] of the split's ArrayRecord shards, in record order.
-
-  From the TFDS metadata (dataset_info.json): record i of the split is in the first shard
-  whose cumulative length exceeds i.
-  """
-  info = images_builder(data_dir, split).info.splits[TFDS_SPLIT]
-  return [(os.fspath(p), int(n)) for p, n in zip(info.filepaths, info.shard_lengths)]
+  """[(path, number of records)] of the split's ArrayRecord shards, in record order
+  (metadata.json): record i of the split is in the first shard whose cumulative length
+  exceeds i."""
+  meta = read_metadata(data_dir)
+  if split not in meta["splits"]:
+    raise DatasetError(f"{data_dir}: no split {split!r} (it has {sorted(meta['splits'])})")
+  info = meta["splits"][split]
+  if info.get("record_format") != records.FORMAT or "shards" not in info:
+    raise DatasetError(f"{data_dir}/{METADATA_FILE}: split {split!r} has record format "
+                       f"{info.get('record_format')!r}, this code reads {records.FORMAT!r}; "
+                       "prepare the split again")
+  where = split_dir(data_dir, split)
+  return [(os.path.join(where, name), int(n)) for name, n in info["shards"]]
 
 
 def locate_record(shards, index: int):
@@ -604,8 +612,8 @@ def record_problem(data_dir, split, index: int, why) -> str:
 
 def check_shards(data_dir, split) -> Dict[str, str]:
   """Opens every shard of the split -> {path: problem line} for each shard that is missing,
-  cannot be opened (truncated or garbled file) or holds another number of records than the
-  TFDS metadata says."""
+  cannot be opened (truncated or garbled file) or holds another number of records than
+  metadata.json says."""
   from array_record.python import array_record_module
   problems, start = {}, 0
   unreadable = "truncated, or not an ArrayRecord file"
@@ -625,7 +633,7 @@ def check_shards(data_dir, split) -> Dict[str, str]:
     if count is None:
       problems[path] = f"{where}: cannot be read ({unreadable})"
     elif count != n:
-      problems[path] = f"{where}: {count} records, the TFDS metadata says {n}"
+      problems[path] = f"{where}: {count} records, metadata.json says {n}"
   return problems
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -263,6 +264,16 @@ def _complete(path: str, params: dict) -> bool:
     return json.load(f) == params
 
 
+def _old_schema(path: str) -> bool:
+  """True when `path` holds our synthetic data written in an older storage schema (the
+  generator's output is the same: it is written again, in place)."""
+  try:
+    with open(os.path.join(path, schema.METADATA_FILE)) as f:
+      return json.load(f).get("schema_version") != schema.SCHEMA_VERSION
+  except (OSError, ValueError):
+    return True
+
+
 def ensure_synthetic(config) -> str:
   """Returns the synthetic dataset's directory for `config`, generating it if needed."""
   return _ensure(synthetic_params(config), config.data.synthetic.dir)
@@ -279,7 +290,17 @@ def _ensure(params: dict, directory: str) -> str:
   final = directory or default_dir(params)
   final = os.path.abspath(os.path.expanduser(final))
   if _complete(final, params):
-    return final
+    if not _old_schema(final):
+      return final
+    logging.info("%s: synthetic data of an older storage schema; writing it again", final)
+    stale = f"{final}.stale-{uuid.uuid4().hex[:8]}"
+    try:
+      os.rename(final, stale)     # Ours (its params file matches): replaced whole.
+    except OSError:
+      pass                        # Another process moved it first.
+    shutil.rmtree(stale, ignore_errors=True)
+    if _complete(final, params) and not _old_schema(final):
+      return final                # ... and has written it again already.
   if os.path.exists(os.path.join(final, PARAMS_FILE)):
     raise BadValueError(f"config.data.synthetic.dir={final!r} holds synthetic data made with "
                         "other parameters; remove it or choose another directory")

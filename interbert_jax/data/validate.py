@@ -71,14 +71,14 @@ def check_split(data_dir, split, meta, sample, box_tolerance, problems, notes=No
            "feature_dim": meta["feature_dim"], "num_classes": meta["num_classes"]}
   try:
     images = schema.open_images(data_dir, split)
-  except Exception as e:  # Missing/corrupt TFDS metadata or shards.
+  except Exception as e:  # Missing shards, a metadata.json without the shard list.
     problems.append(f"{where}: cannot open the images ({e})")
     return stats
   n = len(images)
   stats["images"] = n
   if n != info.get("images"):
     problems.append(f"{where}: {n} image records but metadata.json says {info.get('images')}")
-  shards = [f for f in os.listdir(where) if ".array_record-" in f]
+  shards = [f for f in os.listdir(where) if f.endswith(".array_record")]
   if "num_shards" in info and len(shards) != info["num_shards"]:
     problems.append(f"{where}: {len(shards)} shard files but metadata.json says "
                     f"{info['num_shards']}")
@@ -217,7 +217,7 @@ def validate(data_dir, splits=(), sample=1000, box_tolerance=1.0, text_len=0, no
 
 
 def main(argv):
-  absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS's INFO lines drown ours.
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Libraries' INFO lines drown ours.
   if len(argv) != 2:
     raise app.UsageError("usage: python -m interbert_jax.data.validate DIR "
                          "[--sample=N] [--split=a,b]")

@@ -1,6 +1,6 @@
 """A quiet log: our INFO lines and every library's warnings; library INFO only with -v 1.
 
-Orbax, JAX and TFDS log through absl / Python logging at INFO (orbax: a few lines per
+Orbax, JAX and Grain log through absl / Python logging at INFO (orbax: a few lines per
 checkpoint save, finalize and delete). A filter on absl's handler keeps INFO records that
 come from this package and drops the others unless absl's verbosity is >= 1 (`-v 1`).
 Library warnings and errors keep their first line; their tracebacks (a failed orbax save
