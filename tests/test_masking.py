@@ -155,6 +155,22 @@ def test_global_feature_is_mean():
   assert masking.global_feature(np.zeros((0, 2), np.float16)).tolist() == [0, 0]
 
 
+def test_global_feature_is_bitwise_numpys_float32_mean():
+  """The float16 fast path gives exactly features.mean(0, dtype=float32): batches (and so
+  trajectories) do not move with it. Zeroed rows, extreme values, and strided views."""
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    n = int(rng.integers(1, 37))
+    f = (rng.standard_normal((n, 64)) * rng.uniform(1e-3, 3e3)).astype(np.float16)
+    f[rng.random(n) < 0.2] = 0
+    f[0, :3] = [np.finfo(np.float16).max, np.finfo(np.float16).tiny, -0.0]
+    for x in (f, np.zeros((n + 1, 64), np.float16)[1:] + f, f[:, ::2]):
+      want = x.mean(axis=0, dtype=np.float32)
+      got = masking.global_feature(x)
+      assert got.dtype == np.float32
+      np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_select_regions():
   conf = np.array([0.1, 0.9, 0.3, 0.05, 0.5, 0.25], np.float32)
   np.testing.assert_array_equal(masking.select_regions(conf, max_regions=4), [0, 1, 2, 3])

@@ -12,7 +12,7 @@ the maker). Because a batch is a pure function of its index, the number of threa
 workers never changes what is yielded (Grain keeps the order).
 
 How a worker hands a ~66 MB base-shape batch over: Grain's own way, a fresh shared-memory
-block per array per batch, costs more than building the batch on a machine where page
+block per array per batch, costs about as much as building the batch where page
 faults are slow (fresh pages: 70-80 ms per 66 MB batch on the 2-core VM of
 docs/data_pipeline.md, against 7.5 ms to copy into reused memory). So each worker fills a
 ring of shared-memory slots it allocates once, and Grain carries only the slot's name
