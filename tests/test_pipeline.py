@@ -260,6 +260,16 @@ def test_worker_slots_are_unlinked_when_the_iterator_closes(config):
   assert ring() == []
 
 
+def test_worker_deaths_are_named_from_grains_error():
+  """Grain's error text -> how the worker died; SIGBUS points at /dev/shm."""
+  died = lambda code: grain_loader._worker_death(  # pylint: disable=protected-access
+      RuntimeError(f"Worker process was terminated unexpectedly with exit code {code}."))
+  assert died(-9) == "killed by SIGKILL"
+  assert died(1) == "exit code 1"
+  assert died(-7).startswith("killed by SIGBUS: /dev/shm is probably too small")
+  assert grain_loader._worker_death(ValueError("bad record")) is None  # pylint: disable=protected-access
+
+
 def test_dead_worker_process_stops_the_iterator_within_seconds(config):
   """A loader worker killed with SIGKILL (as the OOM killer does): the next batch raises."""
   c = config.copy_and_resolve_references()

@@ -268,6 +268,9 @@ def _worker_death(e: BaseException) -> Optional[str]:
   if not code:
     return "terminated unexpectedly"
   code = int(code.group(1))
+  if code == -signal.SIGBUS:
+    return ("killed by SIGBUS: /dev/shm is probably too small for the workers' slot rings, "
+            "(2 * config.data.prefetch + 4) batches per worker, docs/data_pipeline.md")
   if code < 0:
     try:
       return f"killed by {signal.Signals(-code).name}"
